@@ -1,0 +1,244 @@
+//! The command line: parses each command's flags, validates them into resolved options once,
+//! and runs the command.
+
+pub mod args;
+
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use crate::control::{self, registry, CreatedParty, JoinCode, NewParty};
+use crate::daemon::{self, local_api, MemberOptions};
+use crate::dataplane::tun_device;
+use crate::failure::Failure;
+use crate::identity::Identity;
+use crate::state_dir;
+use crate::status::{self, Status};
+use args::{Args, Spec};
+
+const USAGE: &str = "\
+lanparty-lite: friends across the internet on one LAN
+
+Usage: lanparty-lite COMMAND [OPTIONS]
+
+Commands:
+  create NAME --control URL   create a party and print its join code
+  join CODE                   join a party and run the member in the foreground
+  status                      show the running member and its peers
+  leave                       make the running member leave the party
+  keygen                      create this machine's key pair if absent; print the public key
+  pubkey                      print this machine's public key
+
+Run `lanparty-lite COMMAND --help` for a command's options.
+Logging: RUST_LOG=info (or debug, trace).";
+
+const HELP_CREATE: &str = "\
+Usage: lanparty-lite create NAME --control URL [--subnet CIDR] [--max-peers N] [--json]
+
+Creates a party and prints its join code as the last line of output.
+  --control URL     control plane, e.g. file:/var/lib/lanparty/registry.json
+  --subnet CIDR     virtual IP subnet (default 10.66.0.0/16)
+  --max-peers N     most members at once (default 64)
+  --json            print the party as a JSON object";
+
+const HELP_JOIN: &str = "\
+Usage: lanparty-lite join CODE [--name NAME] [--interface IF] [--listen-port PORT] [--mtu N] [--state-dir DIR]
+
+Joins the party and runs in the foreground until SIGINT/SIGTERM or `lanparty-lite leave`.
+  --name NAME         display name (default: the host name)
+  --interface IF      party interface name (default lp0)
+  --listen-port PORT  UDP port for tunnels (default: any free port)
+  --mtu N             interface MTU (default 1420)
+  --state-dir DIR     key and socket directory (env LANPARTY_STATE_DIR)";
+
+const HELP_STATUS: &str = "\
+Usage: lanparty-lite status [--json] [--state-dir DIR]
+
+Shows the running member, its party and every peer.
+  --json            print the status document as JSON";
+
+const HELP_LEAVE: &str = "\
+Usage: lanparty-lite leave [--state-dir DIR]
+
+Makes the running member leave the party, remove its interface and exit.";
+
+const HELP_KEYGEN: &str = "\
+Usage: lanparty-lite keygen [--state-dir DIR]
+
+Creates the key pair in the state directory if there is none, and prints the public key.";
+
+const HELP_PUBKEY: &str = "\
+Usage: lanparty-lite pubkey [--state-dir DIR]
+
+Prints the public key (fails if `keygen` or `join` has not run yet).";
+
+const STATE_ONLY: Spec = Spec {
+    valued: &["state-dir"],
+    switches: &[],
+    positionals: 0,
+    positional_names: &[],
+};
+
+/// Runs the command line `argv` (without the program name).
+pub fn run(argv: &[String]) -> Result<(), Failure> {
+    let Some((command, rest)) = argv.split_first() else {
+        return Err(Failure::Usage(USAGE.into()));
+    };
+    let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
+    let help = match command.as_str() {
+        "-h" | "--help" | "help" => Some(USAGE),
+        "-V" | "--version" | "version" => {
+            println!("lanparty-lite {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        "create" => Some(HELP_CREATE),
+        "join" => Some(HELP_JOIN),
+        "status" => Some(HELP_STATUS),
+        "leave" => Some(HELP_LEAVE),
+        "keygen" => Some(HELP_KEYGEN),
+        "pubkey" => Some(HELP_PUBKEY),
+        other => {
+            return Err(Failure::Usage(format!(
+                "unknown command {other:?}\n\n{USAGE}"
+            )))
+        }
+    };
+    if wants_help || matches!(command.as_str(), "-h" | "--help" | "help") {
+        println!("{}", help.unwrap_or(USAGE));
+        return Ok(());
+    }
+    match command.as_str() {
+        "create" => create(rest),
+        "join" => join(rest),
+        "status" => show_status(rest),
+        "leave" => leave(rest),
+        "keygen" => keygen(rest, true),
+        _ => keygen(rest, false),
+    }
+}
+
+fn state_dir(args: &Args) -> Result<PathBuf, Failure> {
+    state_dir::resolve(args.value("state-dir")).map_err(Failure::Input)
+}
+
+fn keygen(argv: &[String], create: bool) -> Result<(), Failure> {
+    let args = Args::parse(if create { "keygen" } else { "pubkey" }, argv, &STATE_ONLY)?;
+    let dir = state_dir(&args)?;
+    let identity = if create {
+        Identity::load_or_create(&dir).map(|(id, _)| id)
+    } else {
+        Identity::load(&dir)
+    }
+    .map_err(|e| Failure::System(e.to_string()))?;
+    println!("{}", identity.public);
+    Ok(())
+}
+
+fn create(argv: &[String]) -> Result<(), Failure> {
+    let spec = Spec {
+        valued: &["control", "subnet", "max-peers"],
+        switches: &["json"],
+        positionals: 1,
+        positional_names: &["NAME"],
+    };
+    let args = Args::parse("create", argv, &spec)?;
+    let control_url = args.value("control").ok_or_else(|| {
+        Failure::Usage("create: --control URL is required (e.g. file:/tmp/registry.json)".into())
+    })?;
+    let subnet: Ipv4Net = args.parsed("subnet")?.unwrap_or_else(|| {
+        registry::DEFAULT_SUBNET
+            .parse()
+            .expect("valid default subnet")
+    });
+    let max_peers: u32 = args
+        .parsed("max-peers")?
+        .unwrap_or(registry::DEFAULT_MAX_PEERS);
+    let new = NewParty {
+        name: args.positionals[0].clone(),
+        subnet,
+        max_peers,
+    };
+    let party: CreatedParty = control::open(control_url)?.create_party(new)?;
+    if args.switch("json") {
+        println!("{}", serde_json::to_string(&party).unwrap_or_default());
+    } else {
+        println!(
+            "party {:?} created ({} members at most, subnet {})",
+            party.name, party.max_peers, party.subnet
+        );
+        println!("join with: lanparty-lite join {}", party.join_code);
+        println!("{}", party.join_code);
+    }
+    Ok(())
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| registry::validate_name(h).is_ok())
+        .unwrap_or_else(|| "member".into())
+}
+
+fn join(argv: &[String]) -> Result<(), Failure> {
+    let spec = Spec {
+        valued: &["name", "interface", "listen-port", "mtu", "state-dir"],
+        switches: &[],
+        positionals: 1,
+        positional_names: &["CODE"],
+    };
+    let args = Args::parse("join", argv, &spec)?;
+    let code = JoinCode::parse(&args.positionals[0]).map_err(|e| Failure::Input(e.to_string()))?;
+    let name = args.value("name").map_or_else(default_name, String::from);
+    registry::validate_name(&name).map_err(|e| Failure::Input(format!("--name: {e}")))?;
+    let interface = args
+        .value("interface")
+        .unwrap_or(tun_device::DEFAULT_INTERFACE)
+        .to_string();
+    tun_device::validate_name(&interface).map_err(Failure::Input)?;
+    let mtu: u16 = args.parsed("mtu")?.unwrap_or(tun_device::DEFAULT_MTU);
+    if !(tun_device::MIN_MTU..=9000).contains(&mtu) {
+        return Err(Failure::Input(format!(
+            "--mtu {mtu}: must be between {} and 9000",
+            tun_device::MIN_MTU
+        )));
+    }
+    let opts = MemberOptions {
+        code,
+        name,
+        interface,
+        listen_port: args.parsed("listen-port")?.unwrap_or(0),
+        mtu,
+        state_dir: state_dir(&args)?,
+    };
+    daemon::run(opts)
+}
+
+fn show_status(argv: &[String]) -> Result<(), Failure> {
+    let spec = Spec {
+        valued: &["state-dir"],
+        switches: &["json"],
+        positionals: 0,
+        positional_names: &[],
+    };
+    let args = Args::parse("status", argv, &spec)?;
+    let line = local_api::call(&state_dir(&args)?, local_api::Request::Status)?;
+    let status: Status = serde_json::from_str(&line)
+        .map_err(|e| Failure::System(format!("unexpected status from the member: {e}")))?;
+    if args.switch("json") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+    } else {
+        print!("{}", status::render_table(&status));
+    }
+    Ok(())
+}
+
+fn leave(argv: &[String]) -> Result<(), Failure> {
+    let args = Args::parse("leave", argv, &STATE_ONLY)?;
+    local_api::call(&state_dir(&args)?, local_api::Request::Leave)?;
+    println!("leaving the party");
+    Ok(())
+}

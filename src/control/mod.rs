@@ -1,0 +1,135 @@
+//! The control plane: one trait, backends behind it. It creates parties, admits members,
+//! assigns virtual IPs (never the client), follows liveness and serves the roster.
+
+pub mod code;
+pub mod file;
+pub mod ipam;
+pub mod registry;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub use code::JoinCode;
+pub use registry::{JoinRequest, Member, NewParty};
+
+/// Why a control-plane operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// No party with this id (never existed, or expired).
+    UnknownParty(String),
+    /// No member with this id in the party.
+    UnknownMember(String),
+    /// The party is at its member limit or its subnet is exhausted.
+    PartyFull(u32),
+    /// A request field is out of range.
+    Invalid(String),
+    /// The backing store is corrupt or not ours; it was left untouched.
+    Corrupt(String),
+    /// The backing store could not be reached, read or written.
+    Unavailable(String),
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::UnknownParty(id) => {
+                write!(f, "unknown party {id:?} (ended, or wrong join code)")
+            }
+            ControlError::UnknownMember(id) => write!(f, "unknown member {id:?}"),
+            ControlError::PartyFull(max) => write!(
+                f,
+                "party is full (at most {max} members, or its subnet is exhausted)"
+            ),
+            ControlError::Invalid(why) => write!(f, "invalid request: {why}"),
+            ControlError::Corrupt(why) => write!(f, "control plane store is unusable: {why}"),
+            ControlError::Unavailable(why) => write!(f, "control plane unavailable: {why}"),
+        }
+    }
+}
+
+/// A party's membership as members see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Roster {
+    /// Registry version this roster was read at.
+    pub version: u64,
+    /// Party id.
+    pub party_id: String,
+    /// Party display name.
+    pub party_name: String,
+    /// Party subnet.
+    pub subnet: Ipv4Net,
+    /// Live members, including the reader.
+    pub members: Vec<RosterMember>,
+}
+
+/// One member in a roster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RosterMember {
+    /// Member id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// WireGuard public key, base64.
+    pub public_key: String,
+    /// Virtual IP.
+    pub virtual_ip: Ipv4Addr,
+    /// Registered endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Unix seconds of the last heartbeat.
+    pub last_seen: u64,
+}
+
+/// A created party.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedParty {
+    /// Party id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Subnet.
+    pub subnet: Ipv4Net,
+    /// Member limit.
+    pub max_peers: u32,
+    /// The code members pass to `join`.
+    pub join_code: String,
+}
+
+/// Operations every control-plane backend provides, with the same semantics.
+pub trait ControlPlane: Send {
+    /// Creates a party and returns it with its join code.
+    fn create_party(&mut self, new: NewParty) -> Result<CreatedParty, ControlError>;
+    /// Admits a member (or refreshes it when its key is already in) and returns its record.
+    fn join(&mut self, party_id: &str, req: JoinRequest) -> Result<Member, ControlError>;
+    /// Marks a member alive and updates its endpoints.
+    fn heartbeat(
+        &mut self,
+        party_id: &str,
+        member_id: &str,
+        endpoints: &[SocketAddr],
+    ) -> Result<(), ControlError>;
+    /// Removes a member.
+    fn leave(&mut self, party_id: &str, member_id: &str) -> Result<(), ControlError>;
+    /// Reads the roster.
+    fn roster(&mut self, party_id: &str) -> Result<Roster, ControlError>;
+}
+
+/// Opens the backend a control URL names (`file:/path/registry.json`).
+pub fn open(url: &str) -> Result<Box<dyn ControlPlane>, ControlError> {
+    match url.strip_prefix("file:") {
+        Some(path) if !path.is_empty() => Ok(Box::new(file::FileControl::new(path.into()))),
+        _ => Err(ControlError::Invalid(format!(
+            "unsupported control URL {url:?} (expected file:/path/registry.json)"
+        ))),
+    }
+}
+
+/// Seconds since the Unix epoch, read once at the edge and passed into the registry.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,227 @@
+//! A running member: wires identity, control plane, tun, data plane, control thread, local API
+//! and signals together, and takes them down in order.
+
+pub mod control_loop;
+pub mod local_api;
+pub mod signals;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::control::{self, JoinCode, JoinRequest};
+use crate::dataplane::{self, peers::PeerTable, socket, tun_device, Command};
+use crate::failure::Failure;
+use crate::identity::{self, Identity};
+use crate::status::{PartyStatus, PeerStatus, SelfStatus, Status};
+use control_loop::{ControlCommand, ControlLoop};
+
+/// Resolved options of `join`.
+#[derive(Debug, Clone)]
+pub struct MemberOptions {
+    /// Parsed join code.
+    pub code: JoinCode,
+    /// Display name.
+    pub name: String,
+    /// Interface name.
+    pub interface: String,
+    /// UDP port (0 picks one).
+    pub listen_port: u16,
+    /// Interface MTU.
+    pub mtu: u16,
+    /// State directory.
+    pub state_dir: PathBuf,
+}
+
+/// Why the member stopped.
+enum Event {
+    Signal(i32),
+    LeaveRequested,
+    DataplaneStopped,
+}
+
+struct ApiHandler {
+    dataplane: dataplane::Handle,
+    events: Sender<Event>,
+    party: PartyStatus,
+    self_: SelfStatus,
+}
+
+impl local_api::Handler for ApiHandler {
+    fn status(&self) -> Result<Status, String> {
+        let snapshot = self
+            .dataplane
+            .status(Duration::from_secs(2))
+            .map_err(|_| "data plane is not responding".to_string())?;
+        let peers = snapshot
+            .peers
+            .into_iter()
+            .map(|p| {
+                let connected = p.is_connected();
+                PeerStatus {
+                    id: p.config.id.clone(),
+                    name: p.config.name.clone(),
+                    public_key: p.config.public_key.to_string(),
+                    virtual_ip: p.config.virtual_ip,
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    state: if connected { "connected" } else { "connecting" }.into(),
+                    connection_type: if connected { "direct" } else { "connecting" }.into(),
+                    latency_ms: p.handshake_rtt_ms.map(f64::from),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                    last_handshake_s: p.since_handshake.map(|d| d.as_secs()),
+                }
+            })
+            .collect();
+        Ok(Status {
+            party: self.party.clone(),
+            self_: self.self_.clone(),
+            peers,
+        })
+    }
+
+    fn leave(&self) {
+        let _ = self.events.send(Event::LeaveRequested);
+    }
+}
+
+fn system(what: &str) -> impl Fn(io::Error) -> Failure + '_ {
+    move |e| Failure::System(format!("{what}: {e}"))
+}
+
+/// Runs a member in the foreground until SIGINT/SIGTERM or `leave`; then leaves the party and
+/// removes the interface.
+pub fn run(opts: MemberOptions) -> Result<(), Failure> {
+    signals::block().map_err(system("cannot block signals"))?;
+    let state_dir_failure =
+        |e: identity::IdentityError| Failure::System(format!("state directory: {e}"));
+    identity::ensure_private_dir(&opts.state_dir).map_err(|e| {
+        Failure::System(format!("state directory {}: {e}", opts.state_dir.display()))
+    })?;
+    let (identity, created) =
+        Identity::load_or_create(&opts.state_dir).map_err(state_dir_failure)?;
+    if created {
+        log::info!("created identity {}", identity.public);
+    }
+    let if_name = opts.interface.clone();
+    let udp = socket::bind(opts.listen_port)
+        .map_err(|e| Failure::Network(format!("cannot open UDP port {}: {e}", opts.listen_port)))?;
+    let port = udp.local_addr().map_err(system("udp socket"))?.port();
+    let endpoints = move || socket::local_endpoints(port, &if_name);
+
+    let mut control = control::open(&opts.code.control)?;
+    let party_id = opts.code.party_id.clone();
+    let join = JoinRequest {
+        name: opts.name.clone(),
+        public_key: identity.public,
+        endpoints: endpoints(),
+    };
+    let member = control.join(&party_id, join.clone())?;
+    let roster = match control.roster(&party_id) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = control.leave(&party_id, &member.id);
+            return Err(e.into());
+        }
+    };
+    log::info!(
+        "joined party {} as {} with {}/{}",
+        roster.party_name,
+        member.name,
+        member.virtual_ip,
+        roster.subnet.prefix_len()
+    );
+    let tun = match tun_device::create(&opts.interface, member.virtual_ip, roster.subnet, opts.mtu)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = control.leave(&party_id, &member.id);
+            return Err(Failure::System(e.0));
+        }
+    };
+
+    let (dp, dp_thread) = dataplane::spawn(tun, udp, PeerTable::new(identity.secret.clone()))
+        .map_err(system("data plane"))?;
+    let _ = dp.send(Command::SyncPeers(control_loop::peer_configs(&roster)));
+
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let handler = ApiHandler {
+        dataplane: dp.clone(),
+        events: events_tx.clone(),
+        party: PartyStatus {
+            id: roster.party_id.clone(),
+            name: roster.party_name.clone(),
+            join_code: opts.code.to_string(),
+        },
+        self_: SelfStatus {
+            id: member.id.clone(),
+            name: member.name.clone(),
+            public_key: identity.public.to_string(),
+            virtual_ip: member.virtual_ip,
+            interface: opts.interface.clone(),
+            listen_port: port,
+        },
+    };
+    let cleanup_early = |control: &mut Box<dyn control::ControlPlane>| {
+        let _ = dp.send(Command::Shutdown);
+        let _ = control.leave(&party_id, &member.id);
+    };
+    let socket_path = match local_api::serve(&opts.state_dir, handler) {
+        Ok(p) => p,
+        Err(e) => {
+            cleanup_early(&mut control);
+            return Err(e);
+        }
+    };
+
+    let (control_tx, control_rx) = crossbeam_channel::bounded(1);
+    let control_loop = ControlLoop {
+        control,
+        party_id: party_id.clone(),
+        member_id: member.id.clone(),
+        join,
+        endpoints: Box::new(endpoints),
+        dataplane: dp.clone(),
+    };
+    let control_thread = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || control_loop.run(control_rx, roster))
+        .map_err(system("control thread"))?;
+
+    let signal_tx = events_tx.clone();
+    signals::spawn_waiter(move |sig| {
+        let _ = signal_tx.send(Event::Signal(sig));
+    })
+    .map_err(system("signal thread"))?;
+    let watch_tx = events_tx;
+    let dp_watch = std::thread::Builder::new()
+        .name("dataplane-watch".into())
+        .spawn(move || {
+            let _ = dp_thread.join();
+            let _ = watch_tx.send(Event::DataplaneStopped);
+        })
+        .map_err(system("watch thread"))?;
+
+    println!("joined as {} ({})", member.name, member.virtual_ip);
+    let result = match events.recv() {
+        Ok(Event::Signal(sig)) => {
+            log::info!("signal {sig}: leaving");
+            Ok(())
+        }
+        Ok(Event::LeaveRequested) => {
+            log::info!("leave requested");
+            Ok(())
+        }
+        Ok(Event::DataplaneStopped) | Err(_) => Err(Failure::System(
+            "the data plane stopped; see the log".into(),
+        )),
+    };
+    let _ = control_tx.send(ControlCommand::Shutdown);
+    let _ = dp.send(Command::Shutdown);
+    let _ = control_thread.join();
+    let _ = dp_watch.join();
+    let _ = std::fs::remove_file(&socket_path);
+    result
+}

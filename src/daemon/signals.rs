@@ -1,0 +1,43 @@
+//! SIGINT/SIGTERM handling without async signal handlers: the signals are blocked in every
+//! thread and one thread collects them with `sigwait`.
+
+use std::io;
+
+fn shutdown_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it spawns afterwards.
+/// Call before starting any thread.
+pub fn block() -> io::Result<()> {
+    let set = shutdown_set();
+    // SAFETY: a valid set; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Starts a thread that calls `on_signal` with each SIGINT/SIGTERM it receives.
+pub fn spawn_waiter(on_signal: impl Fn(i32) + Send + 'static) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let set = shutdown_set();
+            let mut signal = 0;
+            // SAFETY: a valid set and out pointer.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                on_signal(signal);
+            }
+        })
+        .map(|_| ())
+}

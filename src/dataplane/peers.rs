@@ -1,0 +1,334 @@
+//! The peer table: one `boringtun::noise::Tunn` per peer, routing by virtual IP, demultiplexing
+//! of the shared UDP socket by receiver index, the allowed-IP check and endpoint learning.
+//!
+//! It owns no socket: output goes through the [`Io`] the caller passes in, so the data plane
+//! loop does the real I/O and tests use a recording sink.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::identity::Key;
+use crate::wire::ip::Ipv4View;
+use crate::wire::wg::{self, Datagram};
+
+/// Keepalive interval; below Linux's 30 s timeout for unreplied UDP flows.
+pub const PERSISTENT_KEEPALIVE_S: u16 = 25;
+/// Scratch buffer size: the largest datagram plus WireGuard overhead.
+pub const BUF_LEN: usize = 65_535 + 32;
+/// A handshake younger than this means the session is up (WireGuard's REJECT_AFTER_TIME).
+const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+
+/// Where the data plane sends its output.
+pub trait Io {
+    /// Sends one datagram on the shared UDP socket.
+    fn send_to(&mut self, payload: &[u8], dst: SocketAddr);
+    /// Writes one IP packet to the tun device.
+    fn write_tun(&mut self, packet: &[u8]);
+}
+
+/// What the control thread tells the data plane about one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Member id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// WireGuard public key.
+    pub public_key: Key,
+    /// The only source address accepted from this peer's tunnel.
+    pub virtual_ip: Ipv4Addr,
+    /// Candidate addresses of its UDP socket.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// A snapshot of one peer for `status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStats {
+    /// The peer's configuration.
+    pub config: PeerConfig,
+    /// Endpoint learned from authenticated traffic, if any.
+    pub endpoint: Option<SocketAddr>,
+    /// Time since the last completed handshake.
+    pub since_handshake: Option<Duration>,
+    /// Bytes received through the tunnel.
+    pub rx_bytes: u64,
+    /// Bytes sent through the tunnel.
+    pub tx_bytes: u64,
+    /// Round-trip time of the last handshake, in milliseconds.
+    pub handshake_rtt_ms: Option<u32>,
+}
+
+impl PeerStats {
+    /// Whether a session is up (a handshake completed recently).
+    pub fn is_connected(&self) -> bool {
+        self.since_handshake.is_some_and(|d| d < SESSION_LIFETIME)
+    }
+}
+
+/// Packets the table dropped, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DropCounters {
+    /// Tun packets to an address no peer owns (or not IPv4).
+    pub no_route: u64,
+    /// Decrypted packets whose source is not the peer's virtual IP.
+    pub bad_source: u64,
+    /// Datagrams that are not WireGuard, name no known peer, or fail to authenticate.
+    pub bad_datagram: u64,
+}
+
+struct Peer {
+    config: PeerConfig,
+    tunn: Tunn,
+    endpoint: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// Sends to the learned endpoint, or to every candidate until one answers.
+    fn transmit(&self, payload: &[u8], io: &mut impl Io) {
+        match self.endpoint {
+            Some(dst) => io.send_to(payload, dst),
+            None => {
+                for dst in &self.config.endpoints {
+                    io.send_to(payload, *dst);
+                }
+            }
+        }
+    }
+}
+
+/// All peers of this member.
+pub struct PeerTable {
+    secret: StaticSecret,
+    public: PublicKey,
+    peers: HashMap<u32, Peer>,
+    by_ip: HashMap<Ipv4Addr, u32>,
+    by_key: HashMap<Key, u32>,
+    next_index: u32,
+    buf: Vec<u8>,
+    /// What was dropped and why.
+    pub drops: DropCounters,
+}
+
+impl PeerTable {
+    /// An empty table for the member holding `secret`.
+    pub fn new(secret: StaticSecret) -> PeerTable {
+        let public = PublicKey::from(&secret);
+        PeerTable {
+            secret,
+            public,
+            peers: HashMap::new(),
+            by_ip: HashMap::new(),
+            by_key: HashMap::new(),
+            next_index: 1,
+            buf: vec![0; BUF_LEN],
+            drops: DropCounters::default(),
+        }
+    }
+
+    /// Makes the table match `configs`: adds new peers, updates known ones, removes the rest.
+    /// Our own key is ignored.
+    pub fn sync(&mut self, configs: Vec<PeerConfig>) {
+        let own = Key(self.public.to_bytes());
+        let wanted: HashMap<Key, PeerConfig> = configs
+            .into_iter()
+            .filter(|c| c.public_key != own)
+            .map(|c| (c.public_key, c))
+            .collect();
+        let gone: Vec<Key> = self
+            .by_key
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(index) = self.by_key.remove(&key) {
+                if let Some(peer) = self.peers.remove(&index) {
+                    self.by_ip.remove(&peer.config.virtual_ip);
+                    log::info!(
+                        "peer {} ({}) removed",
+                        peer.config.name,
+                        peer.config.virtual_ip
+                    );
+                }
+            }
+        }
+        for (key, config) in wanted {
+            match self.by_key.get(&key).and_then(|i| self.peers.get_mut(i)) {
+                Some(peer) => {
+                    if peer.config.virtual_ip != config.virtual_ip {
+                        self.by_ip.remove(&peer.config.virtual_ip);
+                        self.by_ip.insert(config.virtual_ip, self.by_key[&key]);
+                    }
+                    if peer.config.endpoints != config.endpoints
+                        && !peer.endpoint.is_some_and(|e| config.endpoints.contains(&e))
+                    {
+                        peer.endpoint = None;
+                    }
+                    peer.config = config;
+                }
+                None => self.add(config),
+            }
+        }
+    }
+
+    fn add(&mut self, config: PeerConfig) {
+        let index = self.next_index;
+        self.next_index = (self.next_index % 0x00ff_ffff) + 1;
+        let tunn = Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(config.public_key.0),
+            None,
+            Some(PERSISTENT_KEEPALIVE_S),
+            index,
+            None,
+        );
+        log::info!("peer {} ({}) added", config.name, config.virtual_ip);
+        self.by_ip.insert(config.virtual_ip, index);
+        self.by_key.insert(config.public_key, index);
+        self.peers.insert(
+            index,
+            Peer {
+                config,
+                tunn,
+                endpoint: None,
+            },
+        );
+    }
+
+    /// Number of peers.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether there are no peers.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Encrypts a packet read from the tun and sends it to the peer owning its destination.
+    pub fn handle_tun_packet(&mut self, packet: &[u8], io: &mut impl Io) {
+        let Some(index) = Ipv4View::parse(packet)
+            .ok()
+            .and_then(|ip| self.by_ip.get(&ip.dst()))
+        else {
+            self.drops.no_route += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(index) else {
+            return;
+        };
+        match peer.tunn.encapsulate(packet, &mut self.buf) {
+            TunnResult::WriteToNetwork(out) => peer.transmit(out, io),
+            TunnResult::Err(e) => log::debug!("encapsulate for {}: {e:?}", peer.config.name),
+            _ => {}
+        }
+    }
+
+    /// Handles a datagram from the shared UDP socket.
+    pub fn handle_datagram(&mut self, datagram: &[u8], src: SocketAddr, io: &mut impl Io) {
+        let index = match wg::classify(datagram) {
+            Datagram::ToIndex(receiver) => Some(receiver >> 8),
+            Datagram::HandshakeInit => self.initiator_index(datagram),
+            Datagram::Unknown => None,
+        };
+        let Some(peer) = index.and_then(|i| self.peers.get_mut(&i)) else {
+            self.drops.bad_datagram += 1;
+            log::trace!("dropped {} byte datagram from {src}", datagram.len());
+            return;
+        };
+        let buf = &mut self.buf;
+        match peer.tunn.decapsulate(Some(src.ip()), datagram, buf) {
+            TunnResult::WriteToNetwork(out) => {
+                // A cookie reply (type 3) is sent before authentication; anything else means
+                // the handshake message authenticated, so the peer is really at `src`.
+                if out.first() != Some(&3) {
+                    learn_endpoint(peer, src);
+                }
+                io.send_to(out, src);
+                while let TunnResult::WriteToNetwork(out) = peer.tunn.decapsulate(None, &[], buf) {
+                    io.send_to(out, src);
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, source) => {
+                learn_endpoint(peer, src);
+                if source == peer.config.virtual_ip {
+                    io.write_tun(packet);
+                } else {
+                    self.drops.bad_source += 1;
+                    log::debug!(
+                        "dropped packet from {source} inside {}'s tunnel",
+                        peer.config.name
+                    );
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => self.drops.bad_source += 1,
+            TunnResult::Done => learn_endpoint_on_keepalive(peer, datagram, src),
+            TunnResult::Err(e) => {
+                self.drops.bad_datagram += 1;
+                log::debug!("decapsulate from {}: {e:?}", peer.config.name);
+            }
+        }
+    }
+
+    fn initiator_index(&self, datagram: &[u8]) -> Option<u32> {
+        let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(datagram) else {
+            return None;
+        };
+        let half = parse_handshake_anon(&self.secret, &self.public, &init).ok()?;
+        self.by_key.get(&Key(half.peer_static_public)).copied()
+    }
+
+    /// Runs WireGuard's timers (call about every 250 ms): handshakes, keepalives, rekeys.
+    pub fn update_timers(&mut self, io: &mut impl Io) {
+        for peer in self.peers.values_mut() {
+            match peer.tunn.update_timers(&mut self.buf) {
+                TunnResult::WriteToNetwork(out) => peer.transmit(out, io),
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                TunnResult::Err(e) => log::debug!("timers for {}: {e:?}", peer.config.name),
+                _ => {}
+            }
+        }
+    }
+
+    /// Snapshots every peer, ordered by virtual IP.
+    pub fn stats(&self) -> Vec<PeerStats> {
+        let mut out: Vec<PeerStats> = self
+            .peers
+            .values()
+            .map(|p| {
+                let (since, tx, rx, _loss, rtt) = p.tunn.stats();
+                PeerStats {
+                    config: p.config.clone(),
+                    endpoint: p.endpoint,
+                    since_handshake: since,
+                    rx_bytes: rx as u64,
+                    tx_bytes: tx as u64,
+                    handshake_rtt_ms: rtt,
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.config.virtual_ip);
+        out
+    }
+}
+
+fn learn_endpoint(peer: &mut Peer, src: SocketAddr) {
+    if peer.endpoint != Some(src) {
+        log::debug!("peer {} is at {src}", peer.config.name);
+        peer.endpoint = Some(src);
+    }
+}
+
+/// A keepalive decapsulates to `Done`; it is authenticated transport data, so it also pins the
+/// endpoint. Handshake responses are followed by our keepalive and need no special case.
+fn learn_endpoint_on_keepalive(peer: &mut Peer, datagram: &[u8], src: SocketAddr) {
+    if datagram.first() == Some(&4) {
+        learn_endpoint(peer, src);
+    }
+}

@@ -1,0 +1,17 @@
+//! lanparty-lite: a headless mesh VPN that makes friends across the internet one LAN.
+//!
+//! Layout: `wire` (codecs), `control` (control plane: registry, IPAM, backends),
+//! `dataplane` (tun + UDP + WireGuard loop), `daemon` (threads of a running member),
+//! `cli` (commands).
+
+pub mod atomic_file;
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
+pub mod failure;
+pub mod identity;
+pub mod random;
+pub mod state_dir;
+pub mod status;
+pub mod wire;

@@ -1,0 +1,226 @@
+//! The `status` document: a stable JSON shape (extend, never rename) and its table rendering.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `lanparty-lite status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The party.
+    pub party: PartyStatus,
+    /// This member.
+    #[serde(rename = "self")]
+    pub self_: SelfStatus,
+    /// Every other member.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// The party.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartyStatus {
+    /// Party id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The code others can join with.
+    pub join_code: String,
+}
+
+/// This member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfStatus {
+    /// Member id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// WireGuard public key.
+    pub public_key: String,
+    /// Virtual IP.
+    pub virtual_ip: Ipv4Addr,
+    /// Party interface name.
+    pub interface: String,
+    /// UDP port of the data plane socket.
+    pub listen_port: u16,
+}
+
+/// One peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Member id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// WireGuard public key.
+    pub public_key: String,
+    /// Virtual IP.
+    pub virtual_ip: Ipv4Addr,
+    /// Endpoint in use (learned from authenticated traffic), if any.
+    pub endpoint: Option<String>,
+    /// `connecting`, `connected`, `degraded` or `failed`.
+    pub state: String,
+    /// `direct`, `relayed` or `connecting`.
+    pub connection_type: String,
+    /// Latest round-trip measurement, in milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Bytes received from the peer through the tunnel.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer through the tunnel.
+    pub tx_bytes: u64,
+    /// Seconds since the last completed handshake.
+    pub last_handshake_s: Option<u64>,
+}
+
+fn or_dash<T: ToString>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "-".into(), ToString::to_string)
+}
+
+/// Renders the status as a table for people.
+pub fn render_table(status: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "party   {} ({})", status.party.name, status.party.id);
+    let _ = writeln!(out, "code    {}", status.party.join_code);
+    let _ = writeln!(
+        out,
+        "self    {} {} on {} port {}",
+        status.self_.name,
+        status.self_.virtual_ip,
+        status.self_.interface,
+        status.self_.listen_port
+    );
+    let _ = writeln!(out, "key     {}", status.self_.public_key);
+    if status.peers.is_empty() {
+        let _ = writeln!(out, "\nno peers yet");
+        return out;
+    }
+    let rows: Vec<[String; 8]> = status
+        .peers
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.virtual_ip.to_string(),
+                p.state.clone(),
+                p.connection_type.clone(),
+                or_dash(&p.endpoint),
+                p.latency_ms
+                    .map_or_else(|| "-".into(), |ms| format!("{ms:.1}ms")),
+                p.last_handshake_s
+                    .map_or_else(|| "-".into(), |s| format!("{s}s ago")),
+                format!("{}/{}", human_bytes(p.rx_bytes), human_bytes(p.tx_bytes)),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME",
+        "VIRTUAL IP",
+        "STATE",
+        "PATH",
+        "ENDPOINT",
+        "RTT",
+        "HANDSHAKE",
+        "RX/TX",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    out.push('\n');
+    for row in std::iter::once(header.map(String::from)).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            party: PartyStatus {
+                id: "abc".into(),
+                name: "friday".into(),
+                join_code: "file:/r#abc".into(),
+            },
+            self_: SelfStatus {
+                id: "0011".into(),
+                name: "alice".into(),
+                public_key: "K".into(),
+                virtual_ip: Ipv4Addr::new(10, 66, 0, 1),
+                interface: "lp0".into(),
+                listen_port: 51820,
+            },
+            peers: vec![PeerStatus {
+                id: "2233".into(),
+                name: "bob".into(),
+                public_key: "P".into(),
+                virtual_ip: Ipv4Addr::new(10, 66, 0, 2),
+                endpoint: Some("192.0.2.2:51820".into()),
+                state: "connected".into(),
+                connection_type: "direct".into(),
+                latency_ms: Some(0.4),
+                rx_bytes: 2048,
+                tx_bytes: 10,
+                last_handshake_s: Some(3),
+            }],
+        }
+    }
+
+    #[test]
+    fn json_keeps_the_stable_field_names() {
+        let v = serde_json::to_value(sample()).unwrap();
+        for key in ["id", "name", "public_key", "virtual_ip"] {
+            assert!(v["self"].get(key).is_some(), "self.{key}");
+        }
+        for key in [
+            "id",
+            "name",
+            "public_key",
+            "virtual_ip",
+            "endpoint",
+            "state",
+            "connection_type",
+            "latency_ms",
+            "rx_bytes",
+            "tx_bytes",
+            "last_handshake_s",
+        ] {
+            assert!(v["peers"][0].get(key).is_some(), "peers[].{key}");
+        }
+        assert_eq!(v["party"]["name"], "friday");
+    }
+
+    #[test]
+    fn table_lists_each_peer() {
+        let table = render_table(&sample());
+        let row = table.lines().find(|l| l.starts_with("bob")).unwrap();
+        assert!(row.contains("10.66.0.2") && row.contains("connected") && row.contains("direct"));
+        assert!(row.contains("2.0KiB/10B"), "{row}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Codecs only: views over packet bytes. No I/O, no clock, no allocation.
+
+pub mod ip;
+pub mod wg;
