@@ -332,3 +332,174 @@ fn learn_endpoint_on_keepalive(peer: &mut Peer, datagram: &[u8], src: SocketAddr
         learn_endpoint(peer, src);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        sent: Vec<(Vec<u8>, SocketAddr)>,
+        tun: Vec<Vec<u8>>,
+    }
+
+    impl Io for Recorder {
+        fn send_to(&mut self, payload: &[u8], dst: SocketAddr) {
+            self.sent.push((payload.to_vec(), dst));
+        }
+        fn write_tun(&mut self, packet: &[u8]) {
+            self.tun.push(packet.to_vec());
+        }
+    }
+
+    struct Node {
+        table: PeerTable,
+        key: Key,
+        vip: Ipv4Addr,
+        addr: SocketAddr,
+        io: Recorder,
+    }
+
+    fn node(n: u8) -> Node {
+        let secret = StaticSecret::from([n; 32]);
+        let key = Key(PublicKey::from(&secret).to_bytes());
+        Node {
+            table: PeerTable::new(secret),
+            key,
+            vip: Ipv4Addr::new(10, 66, 0, n),
+            addr: SocketAddr::from(([192, 168, 1, n], 5000 + u16::from(n))),
+            io: Recorder::default(),
+        }
+    }
+
+    fn config_of(n: &Node, endpoints: Vec<SocketAddr>) -> PeerConfig {
+        PeerConfig {
+            id: n.key.short_id(),
+            name: format!("n{}", n.vip.octets()[3]),
+            public_key: n.key,
+            virtual_ip: n.vip,
+            endpoints,
+        }
+    }
+
+    fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Two nodes that know each other; A knows B at `b_endpoints`.
+    fn pair(b_endpoints: Vec<SocketAddr>) -> (Node, Node) {
+        let mut a = node(1);
+        let mut b = node(2);
+        a.table
+            .sync(vec![config_of(&b, b_endpoints), config_of(&a, vec![])]);
+        b.table.sync(vec![config_of(&a, vec![a.addr])]);
+        (a, b)
+    }
+
+    /// Delivers everything `from` sent to `to`'s address; returns how many datagrams.
+    fn deliver(from: &mut Node, to: &mut Node) -> usize {
+        let sent: Vec<_> = from
+            .io
+            .sent
+            .drain(..)
+            .filter(|(_, dst)| *dst == to.addr)
+            .collect();
+        for (payload, _) in &sent {
+            to.table.handle_datagram(payload, from.addr, &mut to.io);
+        }
+        sent.len()
+    }
+
+    #[test]
+    fn first_packet_arrives_after_handshake() {
+        let (mut a, mut b) = pair(vec![]);
+        let b_addr = b.addr;
+        a.table.sync(vec![config_of(&b, vec![b_addr])]);
+        let ping = ipv4(a.vip, b.vip, b"hello");
+        a.table.handle_tun_packet(&ping, &mut a.io);
+        assert_eq!(deliver(&mut a, &mut b), 1, "handshake initiation");
+        assert_eq!(deliver(&mut b, &mut a), 1, "handshake response");
+        deliver(&mut a, &mut b);
+        assert_eq!(
+            b.io.tun,
+            vec![ping],
+            "queued packet delivered once, unchanged"
+        );
+        let stats = a.table.stats();
+        assert_eq!(stats[0].endpoint, Some(b_addr));
+        assert!(stats[0].is_connected());
+    }
+
+    #[test]
+    fn handshake_goes_to_every_candidate_until_one_answers() {
+        let other = SocketAddr::from(([198, 51, 100, 7], 9));
+        let (mut a, b) = pair(vec![other, node(2).addr]);
+        a.table
+            .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), &mut a.io);
+        let dsts: Vec<_> = a.io.sent.iter().map(|(_, d)| *d).collect();
+        assert_eq!(dsts, vec![other, b.addr]);
+    }
+
+    #[test]
+    fn spoofed_inner_source_is_dropped() {
+        let (mut a, mut b) = pair(vec![node(2).addr]);
+        a.table
+            .handle_tun_packet(&ipv4(a.vip, b.vip, b"ok"), &mut a.io);
+        deliver(&mut a, &mut b);
+        deliver(&mut b, &mut a);
+        deliver(&mut a, &mut b);
+        b.io.tun.clear();
+        let spoofed = ipv4(Ipv4Addr::new(10, 66, 0, 99), b.vip, b"evil");
+        a.table.handle_tun_packet(&spoofed, &mut a.io);
+        deliver(&mut a, &mut b);
+        assert!(b.io.tun.is_empty());
+        assert_eq!(b.table.drops.bad_source, 1);
+    }
+
+    #[test]
+    fn junk_and_unknown_destinations_are_counted_not_answered() {
+        let (mut a, _b) = pair(vec![]);
+        a.table
+            .handle_datagram(&[4, 0, 0, 0, 9, 9, 9, 9], node(9).addr, &mut a.io);
+        a.table
+            .handle_datagram(&[0u8; 148], node(9).addr, &mut a.io);
+        assert_eq!(a.table.drops.bad_datagram, 2);
+        a.table
+            .handle_tun_packet(&ipv4(a.vip, Ipv4Addr::new(10, 66, 0, 50), b"x"), &mut a.io);
+        assert_eq!(a.table.drops.no_route, 1);
+        assert!(a.io.sent.is_empty() && a.io.tun.is_empty());
+    }
+
+    #[test]
+    fn handshake_from_a_stranger_is_ignored() {
+        let (mut a, mut b) = pair(vec![node(2).addr]);
+        let mut stranger = node(3);
+        stranger.table.sync(vec![config_of(&b, vec![b.addr])]);
+        stranger
+            .table
+            .handle_tun_packet(&ipv4(stranger.vip, b.vip, b"x"), &mut stranger.io);
+        assert_eq!(deliver(&mut stranger, &mut b), 1);
+        assert!(b.io.sent.is_empty(), "no response to an unknown key");
+        assert_eq!(b.table.drops.bad_datagram, 1);
+        assert!(a.io.sent.is_empty());
+    }
+
+    #[test]
+    fn sync_removes_departed_peers_and_their_routes() {
+        let (mut a, b) = pair(vec![node(2).addr]);
+        assert_eq!(a.table.len(), 1, "own key is never a peer");
+        a.table.sync(vec![]);
+        assert!(a.table.is_empty());
+        a.table
+            .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), &mut a.io);
+        assert_eq!(a.table.drops.no_route, 1);
+    }
+}
