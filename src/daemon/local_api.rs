@@ -51,8 +51,9 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_FILE)
 }
 
-/// Binds the socket (replacing a stale one left by a crash) and serves it on a thread.
-pub fn serve(state_dir: &Path, handler: impl Handler) -> Result<PathBuf, Failure> {
+/// Binds the socket, replacing a stale one left by a crash. Fails if a member is running.
+/// Called before anything else touches the party, so a second `join` changes nothing.
+pub fn bind(state_dir: &Path) -> Result<(UnixListener, PathBuf), Failure> {
     let path = socket_path(state_dir);
     if UnixStream::connect(&path).is_ok() {
         return Err(Failure::System(format!(
@@ -65,6 +66,11 @@ pub fn serve(state_dir: &Path, handler: impl Handler) -> Result<PathBuf, Failure
         .map_err(|e| Failure::System(format!("cannot create {}: {e}", path.display())))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Failure::System(format!("{}: {e}", path.display())))?;
+    Ok((listener, path))
+}
+
+/// Serves requests on `listener` from a thread of its own.
+pub fn serve(listener: UnixListener, handler: impl Handler) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("local-api".into())
         .spawn(move || {
@@ -74,8 +80,7 @@ pub fn serve(state_dir: &Path, handler: impl Handler) -> Result<PathBuf, Failure
                 }
             }
         })
-        .map_err(|e| Failure::System(e.to_string()))?;
-    Ok(path)
+        .map(|_| ())
 }
 
 fn peer_uid(stream: &UnixStream) -> io::Result<u32> {

@@ -35,6 +35,15 @@ pub struct MemberOptions {
     pub state_dir: PathBuf,
 }
 
+/// Removes the local API socket when the member stops, however it stops.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Why the member stopped.
 enum Event {
     Signal(i32),
@@ -100,6 +109,8 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
     identity::ensure_private_dir(&opts.state_dir).map_err(|e| {
         Failure::System(format!("state directory {}: {e}", opts.state_dir.display()))
     })?;
+    let (listener, socket_path) = local_api::bind(&opts.state_dir)?;
+    let remove_socket = RemoveOnDrop(socket_path);
     let (identity, created) =
         Identity::load_or_create(&opts.state_dir).map_err(state_dir_failure)?;
     if created {
@@ -164,17 +175,11 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
             listen_port: port,
         },
     };
-    let cleanup_early = |control: &mut Box<dyn control::ControlPlane>| {
+    if let Err(e) = local_api::serve(listener, handler) {
         let _ = dp.send(Command::Shutdown);
         let _ = control.leave(&party_id, &member.id);
-    };
-    let socket_path = match local_api::serve(&opts.state_dir, handler) {
-        Ok(p) => p,
-        Err(e) => {
-            cleanup_early(&mut control);
-            return Err(e);
-        }
-    };
+        return Err(Failure::System(format!("local api thread: {e}")));
+    }
 
     let (control_tx, control_rx) = crossbeam_channel::bounded(1);
     let control_loop = ControlLoop {
@@ -222,6 +227,6 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
     let _ = dp.send(Command::Shutdown);
     let _ = control_thread.join();
     let _ = dp_watch.join();
-    let _ = std::fs::remove_file(&socket_path);
+    drop(remove_socket);
     result
 }

@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn handshake_from_a_stranger_is_ignored() {
-        let (mut a, mut b) = pair(vec![node(2).addr]);
+        let (a, mut b) = pair(vec![node(2).addr]);
         let mut stranger = node(3);
         stranger.table.sync(vec![config_of(&b, vec![b.addr])]);
         stranger
