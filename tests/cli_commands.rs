@@ -1,0 +1,177 @@
+//! The commands that need no network or root: keygen, pubkey, create, help, version, usage
+//! errors. Each runs the real binary and checks what a user sees.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lanparty-lite"));
+    c.env_remove("LANPARTY_STATE_DIR").env("RUST_LOG", "off");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lp-cli-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn keygen_is_idempotent_and_pubkey_agrees() {
+    let dir = temp_dir("keygen");
+    let state = dir.join("state");
+    let s = state.to_str().unwrap();
+    let first = run(&["keygen", "--state-dir", s]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let key = stdout(&first).trim().to_string();
+    assert_eq!(key.len(), 44);
+    let private = fs::read(state.join("private.key")).unwrap();
+    let second = run(&["keygen", "--state-dir", s]);
+    assert_eq!(stdout(&second).trim(), key);
+    assert_eq!(
+        fs::read(state.join("private.key")).unwrap(),
+        private,
+        "key not rewritten"
+    );
+    let pubkey = bin()
+        .arg("pubkey")
+        .env("LANPARTY_STATE_DIR", s)
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&pubkey).trim(),
+        key,
+        "LANPARTY_STATE_DIR is honoured"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pubkey_without_a_key_fails_with_a_reason() {
+    let dir = temp_dir("nokey");
+    let out = run(&["pubkey", "--state-dir", dir.join("none").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(stderr(&out).contains("private.key"), "{}", stderr(&out));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn create_prints_the_join_code_last_and_json_on_request() {
+    let dir = temp_dir("create");
+    let reg = format!("file:{}", dir.join("registry.json").display());
+    let out = run(&[
+        "create",
+        "friday",
+        "--control",
+        &reg,
+        "--subnet",
+        "10.77.0.0/24",
+        "--max-peers",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let code = text.lines().last().unwrap();
+    assert!(code.starts_with(&format!("{reg}#")), "{code}");
+    let json = run(&["create", "saturday", "--control", &reg, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["name"], "saturday");
+    assert_eq!(v["subnet"], "10.66.0.0/16");
+    assert_eq!(v["max_peers"], 64);
+    assert!(v["join_code"].as_str().unwrap().starts_with(&reg));
+    let registry: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("registry.json")).unwrap()).unwrap();
+    assert_eq!(registry["parties"].as_object().unwrap().len(), 2);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn create_rejects_bad_values_without_touching_the_registry() {
+    let dir = temp_dir("badcreate");
+    let path = dir.join("registry.json");
+    let reg = format!("file:{}", path.display());
+    assert!(run(&["create", "first", "--control", &reg])
+        .status
+        .success());
+    let before = fs::read(&path).unwrap();
+    for (args, code) in [
+        (
+            vec!["create", "x", "--control", &reg, "--subnet", "10.66.0.0/33"],
+            3,
+        ),
+        (
+            vec!["create", "x", "--control", &reg, "--subnet", "10.66.0.0/31"],
+            3,
+        ),
+        (
+            vec!["create", "x", "--control", &reg, "--max-peers", "0"],
+            3,
+        ),
+        (
+            vec!["create", "x", "--control", &reg, "--max-peers", "-1"],
+            3,
+        ),
+        (vec!["create", "", "--control", &reg], 3),
+        (vec!["create", "x", "--control", "http-nope"], 3),
+        (vec!["create", "x"], 2),
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).starts_with("lanparty-lite: "), "{args:?}");
+        assert_eq!(
+            stderr(&out).lines().count(),
+            1,
+            "one-line error for {args:?}"
+        );
+    }
+    assert_eq!(fs::read(&path).unwrap(), before);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn create_on_a_corrupt_registry_is_refused_and_the_file_kept() {
+    let dir = temp_dir("corrupt");
+    let path = dir.join("registry.json");
+    fs::write(&path, b"not json at all").unwrap();
+    let out = run(&[
+        "create",
+        "x",
+        "--control",
+        &format!("file:{}", path.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out).contains("left untouched"), "{}", stderr(&out));
+    assert_eq!(fs::read(&path).unwrap(), b"not json at all");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_command_has_help_and_unknown_ones_are_usage_errors() {
+    for cmd in ["create", "join", "status", "leave", "keygen", "pubkey"] {
+        let out = run(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        assert!(
+            stdout(&out).starts_with(&format!("Usage: lanparty-lite {cmd}")),
+            "{cmd}"
+        );
+    }
+    assert!(stdout(&run(&["--help"])).contains("Commands:"));
+    assert!(stdout(&run(&["--version"])).starts_with("lanparty-lite "));
+    assert_eq!(run(&["dance"]).status.code(), Some(2));
+    assert_eq!(run(&[]).status.code(), Some(2));
+    assert_eq!(run(&["keygen", "--bogus"]).status.code(), Some(2));
+}
