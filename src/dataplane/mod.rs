@@ -168,7 +168,7 @@ fn run(
                 _ => {
                     for command in commands.try_iter() {
                         match command {
-                            Command::SyncPeers(configs) => table.sync(configs),
+                            Command::SyncPeers(configs) => table.sync(configs, &mut io),
                             Command::Status(reply) => {
                                 let _ = reply.send(DataplaneStatus {
                                     peers: table.stats(),

@@ -131,9 +131,10 @@ impl PeerTable {
         }
     }
 
-    /// Makes the table match `configs`: adds new peers, updates known ones, removes the rest.
+    /// Makes the table match `configs`: adds new peers (and starts a handshake with each, so
+    /// tunnels are up before the first packet), updates known ones, removes the rest.
     /// Our own key is ignored.
-    pub fn sync(&mut self, configs: Vec<PeerConfig>) {
+    pub fn sync(&mut self, configs: Vec<PeerConfig>, io: &mut impl Io) {
         let own = Key(self.public.to_bytes());
         let wanted: HashMap<Key, PeerConfig> = configs
             .into_iter()
@@ -172,12 +173,12 @@ impl PeerTable {
                     }
                     peer.config = config;
                 }
-                None => self.add(config),
+                None => self.add(config, io),
             }
         }
     }
 
-    fn add(&mut self, config: PeerConfig) {
+    fn add(&mut self, config: PeerConfig, io: &mut impl Io) {
         let index = self.next_index;
         self.next_index = (self.next_index % 0x00ff_ffff) + 1;
         let tunn = Tunn::new(
@@ -191,14 +192,17 @@ impl PeerTable {
         log::info!("peer {} ({}) added", config.name, config.virtual_ip);
         self.by_ip.insert(config.virtual_ip, index);
         self.by_key.insert(config.public_key, index);
-        self.peers.insert(
-            index,
-            Peer {
-                config,
-                tunn,
-                endpoint: None,
-            },
-        );
+        let mut peer = Peer {
+            config,
+            tunn,
+            endpoint: None,
+        };
+        if let TunnResult::WriteToNetwork(out) =
+            peer.tunn.format_handshake_initiation(&mut self.buf, false)
+        {
+            peer.transmit(out, io);
+        }
+        self.peers.insert(index, peer);
     }
 
     /// Number of peers.
@@ -394,13 +398,16 @@ mod tests {
         p
     }
 
-    /// Two nodes that know each other; A knows B at `b_endpoints`.
+    /// Two nodes that know each other; A knows B at `b_endpoints`. Their first handshake
+    /// initiations are in their outboxes.
     fn pair(b_endpoints: Vec<SocketAddr>) -> (Node, Node) {
         let mut a = node(1);
         let mut b = node(2);
-        a.table
-            .sync(vec![config_of(&b, b_endpoints), config_of(&a, vec![])]);
-        b.table.sync(vec![config_of(&a, vec![a.addr])]);
+        a.table.sync(
+            vec![config_of(&b, b_endpoints), config_of(&a, vec![])],
+            &mut a.io,
+        );
+        b.table.sync(vec![config_of(&a, vec![a.addr])], &mut b.io);
         (a, b)
     }
 
@@ -418,45 +425,64 @@ mod tests {
         sent.len()
     }
 
+    fn exchange(a: &mut Node, b: &mut Node) {
+        for _ in 0..3 {
+            deliver(a, b);
+            deliver(b, a);
+        }
+    }
+
     #[test]
-    fn first_packet_arrives_after_handshake() {
-        let (mut a, mut b) = pair(vec![]);
-        let b_addr = b.addr;
-        a.table.sync(vec![config_of(&b, vec![b_addr])]);
+    fn packet_sent_during_handshake_arrives_once() {
+        let (mut a, mut b) = pair(vec![node(2).addr]);
         let ping = ipv4(a.vip, b.vip, b"hello");
         a.table.handle_tun_packet(&ping, &mut a.io);
-        assert_eq!(deliver(&mut a, &mut b), 1, "handshake initiation");
-        assert_eq!(deliver(&mut b, &mut a), 1, "handshake response");
-        deliver(&mut a, &mut b);
+        exchange(&mut a, &mut b);
         assert_eq!(
             b.io.tun,
             vec![ping],
             "queued packet delivered once, unchanged"
         );
         let stats = a.table.stats();
-        assert_eq!(stats[0].endpoint, Some(b_addr));
+        assert_eq!(stats[0].endpoint, Some(b.addr));
         assert!(stats[0].is_connected());
+    }
+
+    #[test]
+    fn peers_handshake_as_soon_as_they_learn_of_each_other() {
+        let (mut a, mut b) = pair(vec![node(2).addr]);
+        assert_eq!(a.io.sent.len(), 1, "A initiates at once");
+        assert_eq!(b.io.sent.len(), 1, "B initiates at once");
+        exchange(&mut a, &mut b);
+        assert!(a.table.stats()[0].is_connected());
+        assert!(b.table.stats()[0].is_connected());
+        assert!(
+            a.io.tun.is_empty() && b.io.tun.is_empty(),
+            "no data was invented"
+        );
+        let ping = ipv4(a.vip, b.vip, b"after");
+        a.table.handle_tun_packet(&ping, &mut a.io);
+        deliver(&mut a, &mut b);
+        assert_eq!(b.io.tun, vec![ping]);
     }
 
     #[test]
     fn handshake_goes_to_every_candidate_until_one_answers() {
         let other = SocketAddr::from(([198, 51, 100, 7], 9));
-        let (mut a, b) = pair(vec![other, node(2).addr]);
+        let (mut a, mut b) = pair(vec![other, node(2).addr]);
+        let dsts: Vec<_> = a.io.sent.iter().map(|(_, d)| *d).collect();
+        assert_eq!(dsts, vec![other, b.addr]);
+        exchange(&mut a, &mut b);
         a.table
             .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), &mut a.io);
         let dsts: Vec<_> = a.io.sent.iter().map(|(_, d)| *d).collect();
-        assert_eq!(dsts, vec![other, b.addr]);
+        assert_eq!(dsts, vec![b.addr], "only the endpoint that answered");
     }
 
     #[test]
     fn spoofed_inner_source_is_dropped() {
         let (mut a, mut b) = pair(vec![node(2).addr]);
-        a.table
-            .handle_tun_packet(&ipv4(a.vip, b.vip, b"ok"), &mut a.io);
-        deliver(&mut a, &mut b);
-        deliver(&mut b, &mut a);
-        deliver(&mut a, &mut b);
-        b.io.tun.clear();
+        exchange(&mut a, &mut b);
         let spoofed = ipv4(Ipv4Addr::new(10, 66, 0, 99), b.vip, b"evil");
         a.table.handle_tun_packet(&spoofed, &mut a.io);
         deliver(&mut a, &mut b);
@@ -480,23 +506,22 @@ mod tests {
 
     #[test]
     fn handshake_from_a_stranger_is_ignored() {
-        let (a, mut b) = pair(vec![node(2).addr]);
+        let (_a, mut b) = pair(vec![node(2).addr]);
         let mut stranger = node(3);
-        stranger.table.sync(vec![config_of(&b, vec![b.addr])]);
+        b.io.sent.clear();
         stranger
             .table
-            .handle_tun_packet(&ipv4(stranger.vip, b.vip, b"x"), &mut stranger.io);
+            .sync(vec![config_of(&b, vec![b.addr])], &mut stranger.io);
         assert_eq!(deliver(&mut stranger, &mut b), 1);
         assert!(b.io.sent.is_empty(), "no response to an unknown key");
         assert_eq!(b.table.drops.bad_datagram, 1);
-        assert!(a.io.sent.is_empty());
     }
 
     #[test]
     fn sync_removes_departed_peers_and_their_routes() {
         let (mut a, b) = pair(vec![node(2).addr]);
         assert_eq!(a.table.len(), 1, "own key is never a peer");
-        a.table.sync(vec![]);
+        a.table.sync(vec![], &mut a.io);
         assert!(a.table.is_empty());
         a.table
             .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), &mut a.io);

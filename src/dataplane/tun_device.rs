@@ -35,6 +35,9 @@ pub fn create(
             tun::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
                 " (needs root or CAP_NET_ADMIN, and /dev/net/tun)"
             }
+            tun::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                " (/dev/net/tun is missing: load the tun module or pass the device into the container)"
+            }
             tun::Error::Io(io) if io.raw_os_error() == Some(libc::EBUSY) => {
                 " (an interface with this name is already in use; pick another with --interface)"
             }
