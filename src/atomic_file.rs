@@ -6,9 +6,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
+use crate::random;
 
 /// Atomically replaces `path` with `bytes`; the new file gets permission bits `mode`.
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
@@ -19,13 +18,9 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        unique
-    ));
+    // A random name: a dead writer's stray file (even one of a process that had our PID)
+    // can never collide with ours.
+    let tmp = dir.join(format!("{}{}", tmp_prefix(name), random::id(16)?));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -42,6 +37,32 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+fn tmp_prefix(name: &std::ffi::OsStr) -> String {
+    format!(".{}.tmp.", name.to_string_lossy())
+}
+
+/// Deletes temporary files that writers of `path` died holding. Call only while holding the
+/// lock that serialises writers of `path`, so no live writer owns one.
+pub fn remove_strays(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = tmp_prefix(name);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -63,6 +84,24 @@ mod tests {
         );
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files are left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn strays_of_dead_writers_are_removed_and_others_kept() {
+        let dir = std::env::temp_dir().join(format!("lp-strays-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("reg.json");
+        fs::write(dir.join(".reg.json.tmp.123.0"), b"half").unwrap();
+        fs::write(dir.join("other.json"), b"keep").unwrap();
+        write(&path, b"new", 0o600).unwrap();
+        remove_strays(&path);
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["other.json", "reg.json"]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,6 +10,8 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod failure;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod identity;
 pub mod random;
 pub mod state_dir;

@@ -77,10 +77,14 @@ impl FileControl {
             .open(&lock_path)
             .map_err(|e| io_error(&lock_path, e))?;
         lock.lock().map_err(|e| io_error(&lock_path, e))?;
+        atomic_file::remove_strays(&self.path);
         let mut registry = self.load()?;
         let before = registry.clone();
         let out = op(&mut registry, unix_now())?;
         if registry != before {
+            registry.check().map_err(|why| {
+                ControlError::Corrupt(format!("refusing to write an inconsistent registry: {why}"))
+            })?;
             let mode = fs::metadata(&self.path)
                 .map(|m| m.permissions().mode() & 0o777)
                 .unwrap_or(0o600);

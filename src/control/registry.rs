@@ -155,15 +155,7 @@ impl Registry {
             if *id != party.id {
                 return Err(format!("party key {id} does not match its id"));
             }
-            let mut seen = BTreeSet::new();
-            for (mid, m) in &party.members {
-                if *mid != m.id
-                    || !seen.insert(m.virtual_ip)
-                    || !party.subnet.contains(&m.virtual_ip)
-                {
-                    return Err(format!("party {id}: member {mid} is inconsistent"));
-                }
-            }
+            party.check().map_err(|why| format!("party {id}: {why}"))?;
         }
         Ok(())
     }
@@ -359,6 +351,27 @@ fn is_stale(member: &Member, now: u64) -> bool {
 }
 
 impl Party {
+    /// Members and reservations agree: every reserved address is assignable and reserved
+    /// once, and every member holds the address reserved for its key.
+    fn check(&self) -> Result<(), String> {
+        let mut reserved = BTreeSet::new();
+        for (key, a) in &self.allocations {
+            if !ipam::is_assignable(self.subnet, a.ip) || !reserved.insert(a.ip) {
+                return Err(format!(
+                    "reservation of {key} ({}) is invalid or duplicated",
+                    a.ip
+                ));
+            }
+        }
+        for (mid, m) in &self.members {
+            let held = self.allocations.get(&m.public_key).map(|a| a.ip);
+            if *mid != m.id || held != Some(m.virtual_ip) {
+                return Err(format!("member {mid} does not hold its reserved address"));
+            }
+        }
+        Ok(())
+    }
+
     fn is_expired(&self, now: u64) -> bool {
         self.members.is_empty()
             && self
@@ -552,6 +565,20 @@ mod tests {
             m.virtual_ip = ip;
         }
         assert!(dup.check().is_err());
+        let mut stale_reservation = r.clone();
+        let party = stale_reservation.parties.get_mut("p").unwrap();
+        let taken = party.members.values().next().unwrap().virtual_ip;
+        party.allocations.insert(
+            "departed".into(),
+            Allocation {
+                ip: taken,
+                last_used: 0,
+            },
+        );
+        assert!(
+            stale_reservation.check().is_err(),
+            "a reservation may not shadow a member"
+        );
         let mut foreign = r.clone();
         foreign.format = "other".into();
         assert!(foreign.check().is_err());
