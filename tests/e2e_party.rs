@@ -319,3 +319,13 @@ fn sigterm_makes_a_member_leave_exit_zero_and_remove_its_interface() {
 fn sigint_makes_a_member_leave_exit_zero_and_remove_its_interface() {
     stopping_on_a_signal_leaves_cleanly("int", libc::SIGINT);
 }
+
+#[test]
+fn members_connect_without_any_traffic() {
+    let lab = Lab::new("idle", 2);
+    let code = lab.create_party(&[]);
+    let _members = join_in_order(&lab, &code, 2);
+    // No ping: tunnels come up from the handshake started when a peer appears in the roster.
+    wait_connected_peers(&lab, 0, &[ip(2)]);
+    wait_connected_peers(&lab, 1, &[ip(1)]);
+}
