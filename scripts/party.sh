@@ -4,8 +4,8 @@
 # own tun interface and WireGuard tunnels to the others. Shows status and pings every pair,
 # then keeps the party up until Ctrl-C (or for PARTY_SECONDS seconds). Cleans up on exit.
 #
-# Usage: sudo bash scripts/party.sh [MEMBERS]      (default 3, at most 20)
-# Try, while it runs:  sudo ip netns exec <member-namespace> ping 10.66.0.2
+# Usage (as root): bash scripts/party.sh [MEMBERS]      (default 3, at most 20)
+# Try, while it runs:  ip netns exec <member-namespace> ping 10.66.0.2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,7 @@ members=${1:-3}
     echo "usage: $0 [MEMBERS]  (2 to 20)" >&2
     exit 2
 }
-[ "$(id -u)" -eq 0 ] || { echo "$0: needs root (network namespaces, tun); run with sudo" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "$0: needs root (network namespaces, tun); run as root" >&2; exit 1; }
 bash scripts/deps.sh
 cargo build --release --locked -q
 bin=$PWD/target/release/lanparty-lite
@@ -78,7 +78,7 @@ echo
 "$bin" status --state-dir "$work/player1"
 echo
 echo "members run in namespaces: $(printf '%s ' "${namespaces[@]:1}")"
-echo "e.g.: sudo ip netns exec $tag-m1 ping 10.66.0.2"
+echo "e.g.: ip netns exec $tag-m1 ping 10.66.0.2"
 if [ -n "${PARTY_SECONDS:-}" ]; then
     sleep "$PARTY_SECONDS"
 else
