@@ -5,10 +5,11 @@
 pub mod peers;
 pub mod socket;
 pub mod tun_device;
+pub mod udp_offload;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use peers::{DropCounters, Io, PeerConfig, PeerStats, PeerTable, BUF_LEN};
+use udp_offload::TxBatch;
 
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
@@ -72,15 +74,14 @@ impl Handle {
 pub struct Stopped;
 
 struct LoopIo<'a> {
-    socket: &'a UdpSocket,
+    udp_fd: RawFd,
+    batch: &'a mut TxBatch,
     tun: &'a tun::Device,
 }
 
 impl Io for LoopIo<'_> {
     fn send_to(&mut self, payload: &[u8], dst: SocketAddr) {
-        if let Err(e) = self.socket.send_to(payload, dst) {
-            log::trace!("send to {dst}: {e}");
-        }
+        self.batch.push(self.udp_fd, payload, dst);
     }
 
     fn write_tun(&mut self, packet: &[u8]) {
@@ -125,14 +126,21 @@ fn run(
         .register(&mut socket, UDP, Interest::READABLE)?;
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; BUF_LEN];
+    let udp_fd = socket.as_raw_fd();
+    let gro = udp_offload::enable_gro(udp_fd);
+    let mut batch = TxBatch::new(udp_offload::probe_gso(udp_fd));
+    log::debug!("UDP GRO {}", if gro { "on" } else { "off" });
     let mut next_tick = Instant::now();
     loop {
         let now = Instant::now();
         if now >= next_tick {
-            table.update_timers(&mut LoopIo {
-                socket: &socket,
+            let mut io = LoopIo {
+                udp_fd,
+                batch: &mut batch,
                 tun: &tun,
-            });
+            };
+            table.update_timers(&mut io);
+            batch.flush(udp_fd);
             next_tick = now + TIMER_TICK;
         }
         match poll.poll(&mut events, Some(next_tick.saturating_duration_since(now))) {
@@ -142,7 +150,8 @@ fn run(
         }
         for event in events.iter() {
             let mut io = LoopIo {
-                socket: &socket,
+                udp_fd,
+                batch: &mut batch,
                 tun: &tun,
             };
             match event.token() {
@@ -155,14 +164,16 @@ fn run(
                     }
                 },
                 UDP => loop {
-                    match socket.recv_from(&mut buf) {
-                        Ok((n, src)) => table.handle_datagram(&buf[..n], src, &mut io),
+                    match udp_offload::recv(udp_fd, &mut buf) {
+                        Ok(got) => {
+                            for datagram in buf[..got.len].chunks(got.segment.max(1)) {
+                                table.handle_datagram(datagram, got.src, &mut io);
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         // ICMP errors (port unreachable) surface here; they are not fatal.
-                        Err(e) => {
-                            log::trace!("udp recv: {e}");
-                        }
+                        Err(e) => log::trace!("udp recv: {e}"),
                     }
                 },
                 _ => {
@@ -180,6 +191,7 @@ fn run(
                     }
                 }
             }
+            batch.flush(udp_fd);
         }
     }
 }

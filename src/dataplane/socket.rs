@@ -2,36 +2,15 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
-
-/// Socket buffer size: enough for bursts, small enough not to add queueing delay for games
-/// (a 7 MiB buffer doubled latency under load in our measurements).
-pub const SOCKET_BUFFER_BYTES: i32 = 2 * 1024 * 1024;
 
 /// Binds the data plane socket on all IPv4 addresses at `port` (0 picks one).
+///
+/// Socket buffers stay at the kernel default: 2 MiB buffers (and more) cut retransmits but
+/// doubled ping RTT under load in `scripts/bench.sh`, and games care about the latter.
 pub fn bind(port: u16) -> io::Result<mio::net::UdpSocket> {
     let std_socket = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
     std_socket.set_nonblocking(true)?;
-    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        set_buffer(&std_socket, option, SOCKET_BUFFER_BYTES);
-    }
     Ok(mio::net::UdpSocket::from_std(std_socket))
-}
-
-fn set_buffer(socket: &std::net::UdpSocket, option: libc::c_int, bytes: i32) {
-    // SAFETY: a valid fd, a valid pointer to an int of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&bytes as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        log::debug!("setsockopt({option}): {}", io::Error::last_os_error());
-    }
 }
 
 /// The host's IPv4 addresses that others could reach: up, not loopback, not on `exclude`.
