@@ -22,6 +22,7 @@
 #   BENCH_CACHE    where boringtun-cli is installed (default /root/.cache/lanparty-bench)
 #   BORINGTUN_CLI  use this boringtun-cli binary instead of finding/installing one
 #   BENCH_STRICT=1 exit 1 when a target fails or cannot be evaluated
+#   LANPARTY_BIN   benchmark this lanparty-lite binary instead of building target/release
 #   BENCH_KEEP=1   keep the work directory (daemon and iperf3 logs) and print its path
 # Exit status: 0 measured (targets are reported, not enforced unless BENCH_STRICT=1);
 #              2 a tunnel failed to run; 1 setup error or (strict) a target failed.
@@ -46,7 +47,7 @@ ONLY=${BENCH_ONLY:-veth,lanparty-lite,wireguard-go,boringtun-cli}
 WAIT_IDLE=${BENCH_WAIT_IDLE:-120}
 IDLE_PCT=${BENCH_IDLE_PCT:-15}
 
-LP_BIN=$ROOT/target/release/lanparty-lite
+LP_BIN=${LANPARTY_BIN:-$ROOT/target/release/lanparty-lite}
 TUNNELS=(veth lanparty-lite wireguard-go boringtun-cli)
 
 # Underlay (veth) and overlay addresses. lanparty-lite assigns 10.66.0.1 / 10.66.0.2 itself
@@ -147,6 +148,11 @@ find_cargo() {
 # fails (e.g. sources mid-edit) but an older binary exists, uses it and says so in the JSON.
 LP_BUILD=ok
 build_lanparty() {
+	if [[ -n ${LANPARTY_BIN:-} ]]; then
+		[[ -x $LP_BIN ]] || die "LANPARTY_BIN=$LP_BIN is not an executable"
+		LP_BUILD="given by LANPARTY_BIN; not rebuilt"
+		return
+	fi
 	if ! find_cargo; then
 		[[ -x $LP_BIN ]] || die "cargo not found and $LP_BIN missing"
 		LP_BUILD="not rebuilt (cargo not found); existing binary used"
