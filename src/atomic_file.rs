@@ -11,6 +11,32 @@ use crate::random;
 
 /// Atomically replaces `path` with `bytes`; the new file gets permission bits `mode`.
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    publish(path, bytes, mode, |tmp, path| fs::rename(tmp, path)).map(|_| ())
+}
+
+/// Atomically creates `path` with `bytes` unless it exists. Returns `false` (writing nothing)
+/// when another writer got there first, so racing creators agree on one content.
+pub fn create_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+    publish(path, bytes, mode, |tmp, path| {
+        // link(2) fails instead of replacing; the temporary name is then removed either way.
+        let linked = fs::hard_link(tmp, path);
+        let _ = fs::remove_file(tmp);
+        linked
+    })
+    .map(|()| true)
+    .or_else(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => Ok(false),
+        _ => Err(e),
+    })
+}
+
+/// Writes a synced temporary file next to `path` and lets `place` move it into position.
+fn publish(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    place: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -30,7 +56,7 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&tmp, path)?;
+        place(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {
@@ -84,6 +110,35 @@ mod tests {
         );
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files are left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn create_new_never_replaces_and_racers_agree() {
+        let dir = std::env::temp_dir().join(format!("lp-create-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        let winners: Vec<bool> = (0..8u8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || create_new(&path, &[i; 4], 0o600).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(
+            winners.iter().filter(|w| **w).count(),
+            1,
+            "exactly one creator wins"
+        );
+        let content = fs::read(&path).unwrap();
+        assert!(content.len() == 4 && content.iter().all(|b| *b == content[0]));
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -109,8 +109,12 @@ impl Identity {
         bytes[0] &= 248;
         bytes[31] = (bytes[31] & 127) | 64;
         let text = format!("{}\n", STANDARD.encode(bytes));
-        atomic_file::write(&path, text.as_bytes(), 0o600)
+        let created = atomic_file::create_new(&path, text.as_bytes(), 0o600)
             .map_err(|e| IdentityError::Io(path.clone(), e))?;
+        if !created {
+            // Another process created the key meanwhile; theirs is the identity.
+            return Ok((Identity::load(state_dir)?, false));
+        }
         Ok((Identity::from_secret(StaticSecret::from(bytes)), true))
     }
 }
@@ -152,6 +156,26 @@ mod tests {
             fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
             0o700
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_keygens_agree_on_one_identity() {
+        let dir = temp_dir("race");
+        let keys: Vec<Key> = (0..8)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || Identity::load_or_create(&dir).unwrap().0.public)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert!(
+            keys.iter().all(|k| *k == keys[0]),
+            "every caller sees the stored key"
+        );
+        assert_eq!(Identity::load(&dir).unwrap().public, keys[0]);
         fs::remove_dir_all(&dir).unwrap();
     }
 
