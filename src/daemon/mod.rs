@@ -100,26 +100,48 @@ fn system(what: &str) -> impl Fn(io::Error) -> Failure + '_ {
     move |e| Failure::System(format!("{what}: {e}"))
 }
 
+/// A party membership that is left again if start-up fails before the control thread takes
+/// it over, so a failed `join` never leaves a ghost member behind.
+struct Membership {
+    control: Option<Box<dyn control::ControlPlane>>,
+    party_id: String,
+    member_id: String,
+}
+
+impl Membership {
+    /// Hands the control plane over; the membership is no longer left on drop.
+    fn take_control(mut self) -> Option<Box<dyn control::ControlPlane>> {
+        self.control.take()
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if let Some(control) = self.control.as_mut() {
+            let _ = control.leave(&self.party_id, &self.member_id);
+        }
+    }
+}
+
 /// Runs a member in the foreground until SIGINT/SIGTERM or `leave`; then leaves the party and
 /// removes the interface.
 pub fn run(opts: MemberOptions) -> Result<(), Failure> {
     signals::block().map_err(system("cannot block signals"))?;
-    let state_dir_failure =
-        |e: identity::IdentityError| Failure::System(format!("state directory: {e}"));
     identity::ensure_private_dir(&opts.state_dir).map_err(|e| {
         Failure::System(format!("state directory {}: {e}", opts.state_dir.display()))
     })?;
+    // The socket first: a second `join` on this state dir must change nothing.
     let (listener, socket_path) = local_api::bind(&opts.state_dir)?;
-    let remove_socket = RemoveOnDrop(socket_path);
-    let (identity, created) =
-        Identity::load_or_create(&opts.state_dir).map_err(state_dir_failure)?;
+    let _remove_socket = RemoveOnDrop(socket_path);
+    let (identity, created) = Identity::load_or_create(&opts.state_dir)
+        .map_err(|e| Failure::System(format!("state directory: {e}")))?;
     if created {
         log::info!("created identity {}", identity.public);
     }
-    let if_name = opts.interface.clone();
     let udp = socket::bind(opts.listen_port)
         .map_err(|e| Failure::Network(format!("cannot open UDP port {}: {e}", opts.listen_port)))?;
     let port = udp.local_addr().map_err(system("udp socket"))?.port();
+    let if_name = opts.interface.clone();
     let endpoints = move || socket::local_endpoints(port, &if_name);
 
     let mut control = control::open(&opts.code.control)?;
@@ -130,12 +152,14 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         endpoints: endpoints(),
     };
     let member = control.join(&party_id, join.clone())?;
-    let roster = match control.roster(&party_id) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = control.leave(&party_id, &member.id);
-            return Err(e.into());
-        }
+    let mut membership = Membership {
+        control: Some(control),
+        party_id: party_id.clone(),
+        member_id: member.id.clone(),
+    };
+    let roster = match membership.control.as_mut() {
+        Some(control) => control.roster(&party_id)?,
+        None => return Err(Failure::System("control plane lost during start-up".into())),
     };
     log::info!(
         "joined party {} as {} with {}/{}",
@@ -144,15 +168,8 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         member.virtual_ip,
         roster.subnet.prefix_len()
     );
-    let tun = match tun_device::create(&opts.interface, member.virtual_ip, roster.subnet, opts.mtu)
-    {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = control.leave(&party_id, &member.id);
-            return Err(Failure::System(e.0));
-        }
-    };
-
+    let tun = tun_device::create(&opts.interface, member.virtual_ip, roster.subnet, opts.mtu)
+        .map_err(|e| Failure::System(e.0))?;
     let (dp, dp_thread) = dataplane::spawn(tun, udp, PeerTable::new(identity.secret.clone()))
         .map_err(system("data plane"))?;
     let _ = dp.send(Command::SyncPeers(control_loop::peer_configs(&roster)));
@@ -175,16 +192,26 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
             listen_port: port,
         },
     };
-    if let Err(e) = local_api::serve(listener, handler) {
-        let _ = dp.send(Command::Shutdown);
-        let _ = control.leave(&party_id, &member.id);
-        return Err(Failure::System(format!("local api thread: {e}")));
-    }
+    local_api::serve(listener, handler).map_err(system("local api thread"))?;
+    let signal_tx = events_tx.clone();
+    signals::spawn_waiter(move |sig| {
+        let _ = signal_tx.send(Event::Signal(sig));
+    })
+    .map_err(system("signal thread"))?;
+    let dp_watch = std::thread::Builder::new()
+        .name("dataplane-watch".into())
+        .spawn(move || {
+            let _ = dp_thread.join();
+            let _ = events_tx.send(Event::DataplaneStopped);
+        })
+        .map_err(system("watch thread"))?;
 
     let (control_tx, control_rx) = crossbeam_channel::bounded(1);
     let control_loop = ControlLoop {
-        control,
-        party_id: party_id.clone(),
+        control: membership
+            .take_control()
+            .ok_or_else(|| Failure::System("control plane lost during start-up".into()))?,
+        party_id,
         member_id: member.id.clone(),
         join,
         endpoints: Box::new(endpoints),
@@ -195,22 +222,17 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         .spawn(move || control_loop.run(control_rx, roster))
         .map_err(system("control thread"))?;
 
-    let signal_tx = events_tx.clone();
-    signals::spawn_waiter(move |sig| {
-        let _ = signal_tx.send(Event::Signal(sig));
-    })
-    .map_err(system("signal thread"))?;
-    let watch_tx = events_tx;
-    let dp_watch = std::thread::Builder::new()
-        .name("dataplane-watch".into())
-        .spawn(move || {
-            let _ = dp_thread.join();
-            let _ = watch_tx.send(Event::DataplaneStopped);
-        })
-        .map_err(system("watch thread"))?;
-
     println!("joined as {} ({})", member.name, member.virtual_ip);
-    let result = match events.recv() {
+    let result = wait_for_stop(&events);
+    let _ = control_tx.send(ControlCommand::Shutdown);
+    let _ = dp.send(Command::Shutdown);
+    let _ = control_thread.join();
+    let _ = dp_watch.join();
+    result
+}
+
+fn wait_for_stop(events: &crossbeam_channel::Receiver<Event>) -> Result<(), Failure> {
+    match events.recv() {
         Ok(Event::Signal(sig)) => {
             log::info!("signal {sig}: leaving");
             Ok(())
@@ -222,11 +244,5 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         Ok(Event::DataplaneStopped) | Err(_) => Err(Failure::System(
             "the data plane stopped; see the log".into(),
         )),
-    };
-    let _ = control_tx.send(ControlCommand::Shutdown);
-    let _ = dp.send(Command::Shutdown);
-    let _ = control_thread.join();
-    let _ = dp_watch.join();
-    drop(remove_socket);
-    result
+    }
 }
