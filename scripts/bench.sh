@@ -13,7 +13,7 @@
 # Environment:
 #   BENCH_SECONDS  iperf3 seconds per run (default 10)
 #   BENCH_RUNS     iperf3 runs per tunnel, median reported (default 3)
-#   BENCH_PINGS    idle pings at 0.1 s (default 20)
+#   BENCH_PINGS    idle pings at 0.1 s (default 100; fewer make the RTT figures noisy)
 #   BENCH_JSON     JSON output path (default bench-results/bench.json in the repository)
 #   BENCH_ONLY     comma list of tunnels to run: veth,lanparty-lite,wireguard-go,boringtun-cli
 #   BENCH_WAIT_IDLE before each tunnel, wait up to this many seconds for other load on the
@@ -40,7 +40,7 @@ source "$ROOT/scripts/lib/bench-common.sh"
 
 RUN_SECONDS=${BENCH_SECONDS:-10}
 RUNS=${BENCH_RUNS:-3}
-PINGS=${BENCH_PINGS:-20}
+PINGS=${BENCH_PINGS:-100}
 JSON_OUT=${BENCH_JSON:-$ROOT/bench-results/bench.json}
 CACHE_DIR=${BENCH_CACHE:-/root/.cache/lanparty-bench}
 ONLY=${BENCH_ONLY:-veth,lanparty-lite,wireguard-go,boringtun-cli}
