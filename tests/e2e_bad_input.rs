@@ -179,23 +179,7 @@ fn registry_path_that_cannot_be_read_exits_4_and_is_left_alone() {
     let lock = shared.join("registry.json.lock");
     fs::set_permissions(&lock, fs::Permissions::from_mode(0o666)).unwrap();
     let before = read(&registry);
-    let nobody_state = lab.dir().join("nobody-state");
-    fs::create_dir(&nobody_state).unwrap();
-    std::os::unix::fs::chown(&nobody_state, Some(NOBODY), Some(NOBODY)).unwrap();
-    let out = lab.exec(
-        0,
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "join",
-            &code,
-            "--state-dir",
-            nobody_state.to_str().unwrap(),
-        ],
-    );
+    let out = join_as_nobody(&lab, &code);
     assert_fails(&out, 4, &[registry.to_str().unwrap(), "permission denied"]);
     assert_eq!(read(&registry), before);
     assert_eq!(
@@ -309,25 +293,8 @@ fn missing_tun_permission_exits_5_and_leaves_no_member_behind() {
     fs::set_permissions(&registry, fs::Permissions::from_mode(0o666)).unwrap();
     let lock = shared.join("registry.json.lock");
     fs::set_permissions(&lock, fs::Permissions::from_mode(0o666)).unwrap();
-    let nobody_state = lab.dir().join("nobody-state");
-    fs::create_dir(&nobody_state).unwrap();
-    std::os::unix::fs::chown(&nobody_state, Some(NOBODY), Some(NOBODY)).unwrap();
-
     // `nobody` has no CAP_NET_ADMIN: opening /dev/net/tun works, creating lp0 does not.
-    let out = lab.exec(
-        0,
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "join",
-            &code,
-            "--state-dir",
-            nobody_state.to_str().unwrap(),
-        ],
-    );
+    let out = join_as_nobody(&lab, &code);
     assert_fails(&out, 5, &["lp0", "CAP_NET_ADMIN"]);
     assert!(!lab.link_exists(0, "lp0"));
     // Nobody holds the only seat: a privileged member can take it.
@@ -527,4 +494,20 @@ fn second_join_with_the_same_state_dir_is_refused_and_the_running_member_stays()
     wait_until("m0 to still answer status", Duration::from_secs(2), || {
         lab.status(0).map(|_| ())
     });
+}
+
+/// Runs `join CODE` in member 0's namespace as user `nobody`, with a state dir it owns.
+fn join_as_nobody(lab: &Lab, code: &str) -> lab::Finished {
+    let state = lab.dir().join("nobody-state");
+    fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+    let state = state.to_str().unwrap();
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let join = [BIN, "join", code, "--state-dir", state];
+    lab.exec(0, &[&setpriv[..], &join[..]].concat())
 }
