@@ -266,6 +266,7 @@ fn new_party(registry: &Path) -> String {
             name: "friday".into(),
             subnet: "10.66.0.0/16".parse().unwrap(),
             max_peers: 1000,
+            secret: None,
         })
         .unwrap()
         .id

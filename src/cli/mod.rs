@@ -157,6 +157,7 @@ fn create(argv: &[String]) -> Result<(), Failure> {
         name: args.positionals[0].clone(),
         subnet,
         max_peers,
+        secret: None,
     };
     let party: CreatedParty = control::open(control_url)?.create_party(new)?;
     if args.switch("json") {

@@ -159,6 +159,7 @@ mod tests {
             name: "friday".into(),
             subnet: "10.66.0.0/16".parse().unwrap(),
             max_peers: 1000,
+            secret: None,
         }
     }
 

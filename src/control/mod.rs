@@ -4,6 +4,7 @@
 pub mod code;
 pub mod file;
 pub mod ipam;
+pub mod proof;
 pub mod registry;
 
 use std::fmt;

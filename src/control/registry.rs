@@ -61,6 +61,12 @@ pub struct Party {
     pub members: BTreeMap<String, Member>,
     /// Sticky addresses: public key (base64) → allocation, kept after a member leaves.
     pub allocations: BTreeMap<String, Allocation>,
+    /// Registry version of this party's last change; roster long-polls wait for it to move.
+    #[serde(default)]
+    pub version: u64,
+    /// Join secret a control server requires (none for `file:` parties).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 /// A current member of a party.
@@ -100,6 +106,8 @@ pub struct NewParty {
     pub subnet: Ipv4Net,
     /// Member limit.
     pub max_peers: u32,
+    /// Join secret, for parties on a control server.
+    pub secret: Option<String>,
 }
 
 /// What `join` needs.
@@ -189,14 +197,18 @@ impl Registry {
             empty_since: Some(now),
             members: BTreeMap::new(),
             allocations: BTreeMap::new(),
+            version: self.version,
+            secret: new.secret,
         };
         Ok(self.parties.entry(id).or_insert(party))
     }
 
-    fn party_mut(&mut self, party_id: &str) -> Result<&mut Party, ControlError> {
-        self.parties
-            .get_mut(party_id)
-            .ok_or_else(|| ControlError::UnknownParty(party_id.into()))
+    /// Bumps the registry version and records it as `party_id`'s last change.
+    fn touch(&mut self, party_id: &str) {
+        self.version += 1;
+        if let Some(party) = self.parties.get_mut(party_id) {
+            party.version = self.version;
+        }
     }
 
     /// Adds a member (or refreshes it if its key is already in), assigning its virtual IP.
@@ -213,7 +225,7 @@ impl Registry {
             )));
         }
         self.expire(now);
-        let party = self.party_mut(party_id)?;
+        let party = party_mut(&mut self.parties, party_id)?;
         let key_text = req.public_key.to_string();
         let id = req.public_key.short_id();
         if let Some(existing) = party.members.get_mut(&id) {
@@ -224,7 +236,7 @@ impl Registry {
             existing.endpoints = req.endpoints;
             existing.last_seen = now;
             let member = existing.clone();
-            self.version += 1;
+            self.touch(party_id);
             return Ok(member);
         }
         if party.members.len() as u64 >= u64::from(party.max_peers) {
@@ -242,7 +254,7 @@ impl Registry {
         };
         party.members.insert(id, member.clone());
         party.empty_since = None;
-        self.version += 1;
+        self.touch(party_id);
         Ok(member)
     }
 
@@ -260,7 +272,7 @@ impl Registry {
             )));
         }
         self.expire(now);
-        let party = self.party_mut(party_id)?;
+        let party = party_mut(&mut self.parties, party_id)?;
         let member = party
             .members
             .get_mut(member_id)
@@ -271,14 +283,14 @@ impl Registry {
         }
         if member.endpoints != endpoints {
             member.endpoints = endpoints;
-            self.version += 1;
+            self.touch(party_id);
         }
         Ok(())
     }
 
     /// Removes a member. Its address stays reserved for its key.
     pub fn leave(&mut self, party_id: &str, member_id: &str, now: u64) -> Result<(), ControlError> {
-        let party = self.party_mut(party_id)?;
+        let party = party_mut(&mut self.parties, party_id)?;
         let member = party
             .members
             .remove(member_id)
@@ -289,7 +301,7 @@ impl Registry {
         if party.members.is_empty() {
             party.empty_since = Some(now);
         }
-        self.version += 1;
+        self.touch(party_id);
         self.expire(now);
         Ok(())
     }
@@ -315,7 +327,7 @@ impl Registry {
             })
             .collect();
         Ok(Roster {
-            version: self.version,
+            version: party.version,
             party_id: party.id.clone(),
             party_name: party.name.clone(),
             subnet: party.subnet,
@@ -325,12 +337,14 @@ impl Registry {
 
     /// Removes stale members and long-empty parties. Returns whether anything changed.
     pub fn expire(&mut self, now: u64) -> bool {
+        let next = self.version + 1;
         let mut changed = false;
         for party in self.parties.values_mut() {
             let before = party.members.len();
             party.members.retain(|_, m| !is_stale(m, now));
             if party.members.len() != before {
                 changed = true;
+                party.version = next;
                 if party.members.is_empty() {
                     party.empty_since = Some(now);
                 }
@@ -340,10 +354,19 @@ impl Registry {
         self.parties.retain(|_, p| !p.is_expired(now));
         changed |= self.parties.len() != before;
         if changed {
-            self.version += 1;
+            self.version = next;
         }
         changed
     }
+}
+
+fn party_mut<'a>(
+    parties: &'a mut BTreeMap<String, Party>,
+    party_id: &str,
+) -> Result<&'a mut Party, ControlError> {
+    parties
+        .get_mut(party_id)
+        .ok_or_else(|| ControlError::UnknownParty(party_id.into()))
 }
 
 fn is_stale(member: &Member, now: u64) -> bool {
@@ -442,6 +465,7 @@ mod tests {
                 name: "friday".into(),
                 subnet: subnet.parse().unwrap(),
                 max_peers,
+                secret: None,
             },
             0,
         )
@@ -538,6 +562,28 @@ mod tests {
         r.heartbeat("p", &a.id, vec!["192.0.2.1:5000".parse().unwrap()], 11)
             .unwrap();
         assert_eq!(r.version, v + 1);
+    }
+
+    #[test]
+    fn roster_version_moves_only_with_its_own_party() {
+        let mut r = registry_with("10.66.0.0/16", 64);
+        let other = NewParty {
+            name: "other".into(),
+            subnet: "10.67.0.0/16".parse().unwrap(),
+            max_peers: 8,
+            secret: None,
+        };
+        r.create_party("q".into(), other, 0).unwrap();
+        r.join("p", req(1), 1).unwrap();
+        let seen = r.roster("p", 2).unwrap().version;
+        r.join("q", req(2), 3).unwrap();
+        assert_eq!(
+            r.roster("p", 4).unwrap().version,
+            seen,
+            "q's join does not wake p's readers"
+        );
+        r.join("p", req(3), 5).unwrap();
+        assert!(r.roster("p", 6).unwrap().version > seen);
     }
 
     #[test]

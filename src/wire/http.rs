@@ -97,14 +97,18 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> 
     let mut lines = head.split("\r\n");
     let request_line = lines.next().ok_or(HttpError::Malformed)?;
     let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(HttpError::Malformed);
     };
     let method = match method {
         "GET" => Method::Get,
         "POST" => Method::Post,
         "DELETE" => Method::Delete,
-        m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => return Err(HttpError::MethodNotAllowed),
+        m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+            return Err(HttpError::MethodNotAllowed)
+        }
         _ => return Err(HttpError::Malformed),
     };
     let mut keep_alive = match version {
@@ -124,7 +128,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> 
             return Err(HttpError::HeadTooLarge);
         }
         let (name, value) = line.split_once(':').ok_or(HttpError::Malformed)?;
-        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        if name.is_empty()
+            || name
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return Err(HttpError::Malformed);
         }
         let value = value.trim_matches([' ', '\t']);
@@ -234,7 +242,10 @@ mod tests {
     #[test]
     fn waits_for_the_whole_head_and_body() {
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n"), Ok(None));
-        assert_eq!(parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"), Ok(None));
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -244,10 +255,22 @@ mod tests {
         assert_eq!(e(b"GET / HTTP/2.0\r\n\r\n"), HttpError::Version);
         assert_eq!(e(b"GET  / HTTP/1.1\r\n\r\n"), HttpError::Malformed);
         assert_eq!(e(b"GET x HTTP/1.1\r\n\r\n"), HttpError::Malformed);
-        assert_eq!(e(b"GET / HTTP/1.1\r\nbad header\r\n\r\n"), HttpError::Malformed);
-        assert_eq!(e(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), HttpError::LengthRequired);
-        assert_eq!(e(b"POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n"), HttpError::BodyTooLarge);
-        assert_eq!(e(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), HttpError::Malformed);
+        assert_eq!(
+            e(b"GET / HTTP/1.1\r\nbad header\r\n\r\n"),
+            HttpError::Malformed
+        );
+        assert_eq!(
+            e(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HttpError::LengthRequired
+        );
+        assert_eq!(
+            e(b"POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n"),
+            HttpError::BodyTooLarge
+        );
+        assert_eq!(
+            e(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            HttpError::Malformed
+        );
         assert_eq!(e(&vec![b'a'; MAX_HEAD_BYTES + 1]), HttpError::HeadTooLarge);
     }
 
