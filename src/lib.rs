@@ -14,6 +14,7 @@ pub mod failure;
 pub mod fuzz_entry;
 pub mod identity;
 pub mod random;
+pub mod server;
 pub mod state_dir;
 pub mod status;
 pub mod wire;

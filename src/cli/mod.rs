@@ -12,6 +12,7 @@ use crate::daemon::{self, local_api, MemberOptions};
 use crate::dataplane::tun_device;
 use crate::failure::Failure;
 use crate::identity::Identity;
+use crate::server::ServerOptions;
 use crate::state_dir;
 use crate::status::{self, Status};
 use args::{Args, Spec};
@@ -22,6 +23,7 @@ lanparty-lite: friends across the internet on one LAN
 Usage: lanparty-lite COMMAND [OPTIONS]
 
 Commands:
+  server --listen ADDR:PORT   run the control server members join through
   create NAME --control URL   create a party and print its join code
   join CODE                   join a party and run the member in the foreground
   status                      show the running member and its peers
@@ -36,7 +38,8 @@ const HELP_CREATE: &str = "\
 Usage: lanparty-lite create NAME --control URL [--subnet CIDR] [--max-peers N] [--json]
 
 Creates a party and prints its join code as the last line of output.
-  --control URL     control plane, e.g. file:/var/lib/lanparty/registry.json
+  --control URL     control plane: http(s)://HOST:PORT of a `lanparty-lite server`,
+                    or file:/path/registry.json shared by every member
   --subnet CIDR     virtual IP subnet (default 10.66.0.0/16)
   --max-peers N     most members at once (default 64)
   --json            print the party as a JSON object";
@@ -50,6 +53,16 @@ Joins the party and runs in the foreground until SIGINT/SIGTERM or `lanparty-lit
   --listen-port PORT  UDP port for tunnels (default: any free port)
   --mtu N             interface MTU (default 1420)
   --state-dir DIR     key and socket directory (env LANPARTY_STATE_DIR)";
+
+const HELP_SERVER: &str = "\
+Usage: lanparty-lite server --listen ADDR:PORT [--state-dir DIR] [--max-parties N] [--max-peers N] [--rate-limit N]
+
+Runs the control server (HTTP/1.1 JSON API under /v1/) in the foreground until SIGINT/SIGTERM.
+  --listen ADDR:PORT  address to serve on, e.g. 0.0.0.0:7777
+  --state-dir DIR     registry and server key (default: <member state dir>/server)
+  --max-parties N     most parties at once (default 1000)
+  --max-peers N       most members per party (default 64)
+  --rate-limit N      requests per second per source address, bursts of 2N (default 20; 0: off)";
 
 const HELP_STATUS: &str = "\
 Usage: lanparty-lite status [--json] [--state-dir DIR]
@@ -91,6 +104,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
             println!("lanparty-lite {}", env!("CARGO_PKG_VERSION"));
             return Ok(());
         }
+        "server" => Some(HELP_SERVER),
         "create" => Some(HELP_CREATE),
         "join" => Some(HELP_JOIN),
         "status" => Some(HELP_STATUS),
@@ -108,6 +122,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
         return Ok(());
     }
     match command.as_str() {
+        "server" => server(rest),
         "create" => create(rest),
         "join" => join(rest),
         "status" => show_status(rest),
@@ -159,7 +174,7 @@ fn create(argv: &[String]) -> Result<(), Failure> {
         max_peers,
         secret: None,
     };
-    let party: CreatedParty = control::open(control_url)?.create_party(new)?;
+    let party: CreatedParty = control::open(control_url, None, None)?.create_party(new)?;
     if args.switch("json") {
         println!("{}", serde_json::to_string(&party).unwrap_or_default());
     } else {
@@ -213,6 +228,46 @@ fn join(argv: &[String]) -> Result<(), Failure> {
         state_dir: state_dir(&args)?,
     };
     daemon::run(opts)
+}
+
+fn server(argv: &[String]) -> Result<(), Failure> {
+    let spec = Spec {
+        valued: &[
+            "listen",
+            "state-dir",
+            "max-parties",
+            "max-peers",
+            "rate-limit",
+        ],
+        switches: &[],
+        positionals: 0,
+        positional_names: &[],
+    };
+    let args = Args::parse("server", argv, &spec)?;
+    let listen = args.parsed("listen")?.ok_or_else(|| {
+        Failure::Usage("server: --listen ADDR:PORT is required (e.g. 0.0.0.0:7777)".into())
+    })?;
+    let state_dir = match args.value("state-dir") {
+        Some(dir) => PathBuf::from(dir),
+        None => state_dir(&args)?.join("server"),
+    };
+    let max_parties: usize = args.parsed("max-parties")?.unwrap_or(1000);
+    let max_peers: u32 = args
+        .parsed("max-peers")?
+        .unwrap_or(registry::DEFAULT_MAX_PEERS);
+    if max_parties == 0 || max_peers == 0 {
+        return Err(Failure::Input(
+            "--max-parties and --max-peers must be at least 1".into(),
+        ));
+    }
+    let rate_per_s = args.parsed("rate-limit")?.unwrap_or(20);
+    crate::server::run(ServerOptions {
+        listen,
+        state_dir,
+        max_parties,
+        max_peers,
+        rate_per_s,
+    })
 }
 
 fn show_status(argv: &[String]) -> Result<(), Failure> {

@@ -2,7 +2,9 @@
 //! (and, for servers that need one, a join secret).
 //!
 //! Format: `<control-url>#<party-id>[.<secret>]`, for example
-//! `file:/var/lib/lanparty/registry.json#k3f9a2xm7q`.
+//! `file:/var/lib/lanparty/registry.json#k3f9a2xm7q` or
+//! `http://203.0.113.7:7777#k3f9a2xm7q.d8s7f6g5h4j3k2m9n8p7q6r5s4`. Codes for a control
+//! server must carry the secret.
 
 use std::fmt;
 
@@ -29,6 +31,8 @@ pub enum CodeError {
     MissingParty,
     /// The control URL part is not one we know.
     BadControl,
+    /// A control-server code without its join secret.
+    MissingSecret,
     /// The party id or secret is empty or has characters outside `[a-z0-9-_]`.
     BadParty,
 }
@@ -38,7 +42,8 @@ impl fmt::Display for CodeError {
         f.write_str(match self {
             CodeError::BadCharacters => "malformed join code: empty, too long, or contains spaces",
             CodeError::MissingParty => "malformed join code: expected CONTROL#PARTY, e.g. file:/tmp/registry.json#k3f9a2xm7q",
-            CodeError::BadControl => "malformed join code: the part before '#' must be a file: control URL",
+            CodeError::BadControl => "malformed join code: the part before '#' must be file:/path or http(s)://host:port",
+            CodeError::MissingSecret => "malformed join code: a control-server code needs its join secret (CONTROL#PARTY.SECRET)",
             CodeError::BadParty => "malformed join code: the party id after '#' must be letters, digits, '-' or '_'",
         })
     }
@@ -49,6 +54,27 @@ fn is_token(s: &str) -> bool {
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `url` is `http://` or `https://` followed by a host, an optional port, and at
+/// most a trailing slash.
+pub fn is_http_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 impl JoinCode {
@@ -62,16 +88,20 @@ impl JoinCode {
             return Err(CodeError::BadCharacters);
         }
         let (control, party) = text.rsplit_once('#').ok_or(CodeError::MissingParty)?;
-        match control.strip_prefix("file:") {
-            Some(path) if path.starts_with('/') && path.len() > 1 => {}
+        let is_file = match control.strip_prefix("file:") {
+            Some(path) if path.starts_with('/') && path.len() > 1 => true,
+            _ if is_http_url(control) => false,
             _ => return Err(CodeError::BadControl),
-        }
+        };
         let (party_id, secret) = match party.split_once('.') {
             Some((p, s)) => (p, Some(s)),
             None => (party, None),
         };
         if !is_token(party_id) || secret.is_some_and(|s| !is_token(s)) {
             return Err(CodeError::BadParty);
+        }
+        if !is_file && secret.is_none() {
+            return Err(CodeError::MissingSecret);
         }
         Ok(JoinCode {
             control: control.into(),
@@ -103,6 +133,16 @@ mod tests {
             secret: None,
         };
         assert_eq!(JoinCode::parse(&code.to_string()), Ok(code));
+    }
+
+    #[test]
+    fn server_codes_carry_address_party_and_secret() {
+        let code = JoinCode::parse("http://192.0.2.7:7777#k3f9a2xm7q.s3cr3t").unwrap();
+        assert_eq!(code.control, "http://192.0.2.7:7777");
+        assert_eq!(code.party_id, "k3f9a2xm7q");
+        assert_eq!(code.secret.as_deref(), Some("s3cr3t"));
+        assert!(JoinCode::parse("https://party.example.net#p.s").is_ok());
+        assert!(JoinCode::parse("http://[2001:db8::1]:7777#p.s").is_ok());
     }
 
     #[test]

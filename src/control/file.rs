@@ -139,6 +139,10 @@ impl ControlPlane for FileControl {
     fn roster(&mut self, party_id: &str) -> Result<Roster, ControlError> {
         self.load()?.roster(party_id, unix_now())
     }
+
+    fn try_clone(&self) -> Box<dyn ControlPlane> {
+        Box::new(FileControl::new(self.path.clone()))
+    }
 }
 
 #[cfg(test)]

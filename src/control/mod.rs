@@ -3,6 +3,8 @@
 
 pub mod code;
 pub mod file;
+pub mod http;
+pub mod http_api;
 pub mod ipam;
 pub mod proof;
 pub mod registry;
@@ -31,6 +33,8 @@ pub enum ControlError {
     Corrupt(String),
     /// The backing store could not be reached, read or written.
     Unavailable(String),
+    /// The control server refused: wrong join secret, bad proof, or a token not ours.
+    Denied(String),
 }
 
 impl fmt::Display for ControlError {
@@ -47,6 +51,7 @@ impl fmt::Display for ControlError {
             ControlError::Invalid(why) => write!(f, "invalid request: {why}"),
             ControlError::Corrupt(why) => write!(f, "control plane store is unusable: {why}"),
             ControlError::Unavailable(why) => write!(f, "control plane unavailable: {why}"),
+            ControlError::Denied(why) => write!(f, "control server refused: {why}"),
         }
     }
 }
@@ -115,16 +120,47 @@ pub trait ControlPlane: Send {
     fn leave(&mut self, party_id: &str, member_id: &str) -> Result<(), ControlError>;
     /// Reads the roster.
     fn roster(&mut self, party_id: &str) -> Result<Roster, ControlError>;
+    /// Reads the roster once its version differs from `since`, or after about
+    /// [`LONG_POLL`] with the roster unchanged. The default polls [`ControlPlane::roster`]
+    /// every second.
+    fn roster_since(&mut self, party_id: &str, since: u64) -> Result<Roster, ControlError> {
+        let give_up = std::time::Instant::now() + LONG_POLL;
+        loop {
+            let roster = self.roster(party_id)?;
+            if roster.version != since || std::time::Instant::now() >= give_up {
+                return Ok(roster);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    /// Another handle on the same control plane and credentials (for the roster watcher).
+    fn try_clone(&self) -> Box<dyn ControlPlane>;
 }
 
-/// Opens the backend a control URL names (`file:/path/registry.json`).
-pub fn open(url: &str) -> Result<Box<dyn ControlPlane>, ControlError> {
-    match url.strip_prefix("file:") {
-        Some(path) if !path.is_empty() => Ok(Box::new(file::FileControl::new(path.into()))),
-        _ => Err(ControlError::Invalid(format!(
-            "unsupported control URL {url:?} (expected file:/path/registry.json)"
-        ))),
+/// How long a roster read may wait for a change.
+pub const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// Opens the backend a control URL names (`file:/path/registry.json` or
+/// `http(s)://host:port`), for a party with `join_secret`, as the member holding `identity`.
+pub fn open(
+    url: &str,
+    join_secret: Option<String>,
+    identity: Option<x25519_dalek::StaticSecret>,
+) -> Result<Box<dyn ControlPlane>, ControlError> {
+    if let Some(path) = url.strip_prefix("file:").filter(|p| !p.is_empty()) {
+        return Ok(Box::new(file::FileControl::new(path.into())));
     }
+    if code::is_http_url(url) {
+        if url.starts_with("https://") && !cfg!(feature = "tls") {
+            return Err(ControlError::Invalid(
+                "this build has no TLS; use an http:// control URL".into(),
+            ));
+        }
+        return Ok(Box::new(http::HttpControl::new(url, join_secret, identity)));
+    }
+    Err(ControlError::Invalid(format!(
+        "unsupported control URL {url:?} (expected file:/path/registry.json or http://host:port)"
+    )))
 }
 
 /// Seconds since the Unix epoch, read once at the edge and passed into the registry.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 use crate::control::{ControlError, ControlPlane, JoinRequest, Roster};
 use crate::dataplane::peers::PeerConfig;
@@ -13,61 +13,11 @@ use crate::identity::Key;
 
 /// Heartbeat period (LANrage's 30 s; members are stale after 300 s).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
-/// How often the roster is re-read from the file backend.
-pub const ROSTER_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Messages to the control thread.
 pub enum ControlCommand {
     /// Leave the party and stop.
     Shutdown,
-}
-
-/// When the control thread next has work. Pure: time is passed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Schedule {
-    /// Next roster read.
-    pub poll_at: Instant,
-    /// Next heartbeat.
-    pub heartbeat_at: Instant,
-}
-
-/// Work due at a given instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Due {
-    /// Read the roster.
-    pub poll: bool,
-    /// Send a heartbeat.
-    pub heartbeat: bool,
-}
-
-impl Schedule {
-    /// Starts with a roster read now and the first heartbeat one interval after joining.
-    pub fn new(now: Instant) -> Schedule {
-        Schedule {
-            poll_at: now,
-            heartbeat_at: now + HEARTBEAT_INTERVAL,
-        }
-    }
-
-    /// What is due at `now`; reschedules it.
-    pub fn handle_tick(&mut self, now: Instant) -> Due {
-        let due = Due {
-            poll: now >= self.poll_at,
-            heartbeat: now >= self.heartbeat_at,
-        };
-        if due.poll {
-            self.poll_at = now + ROSTER_POLL_INTERVAL;
-        }
-        if due.heartbeat {
-            self.heartbeat_at = now + HEARTBEAT_INTERVAL;
-        }
-        due
-    }
-
-    /// The next instant anything is due.
-    pub fn poll_timeout(&self) -> Instant {
-        self.poll_at.min(self.heartbeat_at)
-    }
 }
 
 /// Turns a roster into the data plane's peer list (invalid keys are skipped and logged).
@@ -91,6 +41,21 @@ pub fn peer_configs(roster: &Roster) -> Vec<PeerConfig> {
         .collect()
 }
 
+/// Delay before retry number `attempt` (0-based) of a failed control-plane call:
+/// exponential from 1 s to 60 s, scaled by `jitter` in [0.5, 1.0] so members that lost the
+/// server together do not return together.
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let base = Duration::from_secs(1).saturating_mul(1u32 << attempt.min(6));
+    base.min(Duration::from_secs(60))
+        .mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 1];
+    let _ = crate::random::fill(&mut b);
+    0.5 + f64::from(b[0]) / 510.0
+}
+
 /// The control thread's state.
 pub struct ControlLoop {
     /// Backend.
@@ -107,39 +72,71 @@ pub struct ControlLoop {
     pub dataplane: dataplane::Handle,
 }
 
+/// Follows the roster on its own thread (long-polls block), sending each new roster on.
+/// Retries with backoff while the control plane is unreachable; the data plane keeps the
+/// last known peers meanwhile. Ends when the receiver is gone.
+fn spawn_watcher(
+    mut control: Box<dyn ControlPlane>,
+    party_id: String,
+    mut version: u64,
+) -> Receiver<Roster> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let spawned = std::thread::Builder::new()
+        .name("roster".into())
+        .spawn(move || {
+            let mut failures = 0;
+            loop {
+                match control.roster_since(&party_id, version) {
+                    Ok(roster) => {
+                        failures = 0;
+                        if roster.version == version {
+                            continue;
+                        }
+                        version = roster.version;
+                        if tx.send(roster).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let delay = backoff(failures, jitter());
+                        log::warn!(
+                            "roster: {e}; keeping the last known peers, retrying in {delay:.1?}"
+                        );
+                        failures += 1;
+                        std::thread::sleep(delay);
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the roster thread: {e}");
+    }
+    rx
+}
+
 impl ControlLoop {
     /// Runs until `Shutdown` (or the sender is dropped), then leaves the party.
     pub fn run(mut self, commands: Receiver<ControlCommand>, first: Roster) {
-        let mut version = first.version;
-        let mut schedule = Schedule::new(Instant::now());
-        schedule.handle_tick(Instant::now());
+        let rosters = spawn_watcher(
+            self.control.try_clone(),
+            self.party_id.clone(),
+            first.version,
+        );
+        let mut heartbeat_at = Instant::now() + HEARTBEAT_INTERVAL;
         loop {
-            let wait = schedule
-                .poll_timeout()
-                .saturating_duration_since(Instant::now());
-            match commands.recv_timeout(wait) {
-                Ok(ControlCommand::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            let due = schedule.handle_tick(Instant::now());
-            if due.heartbeat {
-                self.heartbeat();
-            }
-            if due.poll {
-                match self.control.roster(&self.party_id) {
-                    Ok(roster) if roster.version != version => {
-                        version = roster.version;
-                        log::debug!("roster version {version}: {} members", roster.members.len());
-                        if self
-                            .dataplane
-                            .send(Command::SyncPeers(peer_configs(&roster)))
-                            .is_err()
-                        {
-                            break;
-                        }
+            let wait = heartbeat_at.saturating_duration_since(Instant::now());
+            crossbeam_channel::select! {
+                recv(commands) -> _ => break,
+                recv(rosters) -> roster => {
+                    let Ok(roster) = roster else { break };
+                    log::debug!("roster version {}: {} members", roster.version, roster.members.len());
+                    if self.dataplane.send(Command::SyncPeers(peer_configs(&roster))).is_err() {
+                        break;
                     }
-                    Ok(_) => {}
-                    Err(e) => log::warn!("roster: {e}; keeping the last known peers"),
+                }
+                default(wait) => {
+                    self.heartbeat();
+                    heartbeat_at = Instant::now() + HEARTBEAT_INTERVAL;
                 }
             }
         }
@@ -163,7 +160,7 @@ impl ControlLoop {
                     log::error!("rejoin: {e}");
                 }
             }
-            Err(e) => log::warn!("heartbeat: {e}"),
+            Err(e) => log::warn!("heartbeat: {e}; retrying in {HEARTBEAT_INTERVAL:?}"),
         }
     }
 }
@@ -173,29 +170,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn polls_every_second_and_heartbeats_every_thirty() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(t0);
-        assert_eq!(
-            s.handle_tick(t0),
-            Due {
-                poll: true,
-                heartbeat: false
-            }
-        );
-        assert_eq!(s.poll_timeout(), t0 + ROSTER_POLL_INTERVAL);
-        assert_eq!(
-            s.handle_tick(t0 + Duration::from_millis(999)),
-            Due::default()
-        );
-        let t30 = t0 + HEARTBEAT_INTERVAL;
-        assert_eq!(
-            s.handle_tick(t30),
-            Due {
-                poll: true,
-                heartbeat: true
-            }
-        );
-        assert_eq!(s.heartbeat_at, t30 + HEARTBEAT_INTERVAL);
+    fn backoff_doubles_to_a_minute_with_jitter() {
+        assert_eq!(backoff(0, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(3, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff(6, 1.0), Duration::from_secs(60));
+        assert_eq!(backoff(40, 1.0), Duration::from_secs(60));
+        assert_eq!(backoff(3, 0.5), Duration::from_secs(4));
+        assert_eq!(backoff(3, 0.0), Duration::from_secs(4), "jitter is clamped");
     }
 }

@@ -144,7 +144,11 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
     let if_name = opts.interface.clone();
     let endpoints = move || socket::local_endpoints(port, &if_name);
 
-    let mut control = control::open(&opts.code.control)?;
+    let mut control = control::open(
+        &opts.code.control,
+        opts.code.secret.clone(),
+        Some(identity.secret.clone()),
+    )?;
     let party_id = opts.code.party_id.clone();
     let join = JoinRequest {
         name: opts.name.clone(),

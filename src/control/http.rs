@@ -1,0 +1,255 @@
+//! The `http(s)://` backend: the control server's API through ureq, with explicit timeouts.
+//! Holds the member's bearer token after `join` (shared by clones, so the roster watcher and
+//! the control thread use the same, refreshed token).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use x25519_dalek::StaticSecret;
+
+use super::http_api::*;
+use super::registry::{JoinRequest, Member, NewParty};
+use super::{proof, ControlError, ControlPlane, CreatedParty, JoinCode, Roster};
+use crate::identity::Key;
+
+/// Timeout for connecting and for ordinary calls.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout for a roster long-poll (the server holds it up to 25 s).
+const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// A control server client.
+#[derive(Clone)]
+pub struct HttpControl {
+    base: String,
+    join_secret: Option<String>,
+    identity: Option<StaticSecret>,
+    token: Arc<Mutex<Option<String>>>,
+    agent: ureq::Agent,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(CALL_TIMEOUT))
+        .timeout_global(Some(LONG_POLL_TIMEOUT))
+        .build()
+        .into()
+}
+
+impl HttpControl {
+    /// A client for the server at `base` (`http://host:port`), for a party with `join_secret`,
+    /// acting as the member holding `identity` (needed to join).
+    pub fn new(
+        base: &str,
+        join_secret: Option<String>,
+        identity: Option<StaticSecret>,
+    ) -> HttpControl {
+        HttpControl {
+            base: base.trim_end_matches('/').to_string(),
+            join_secret,
+            identity,
+            token: Arc::new(Mutex::new(None)),
+            agent: agent(),
+        }
+    }
+
+    fn bearer(&self) -> Option<String> {
+        self.token.lock().ok().and_then(|t| t.clone())
+    }
+
+    fn set_token(&self, token: String) {
+        if let Ok(mut t) = self.token.lock() {
+            *t = Some(token);
+        }
+    }
+
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+        timeout: Duration,
+    ) -> Result<T, ControlError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: ureq::Error| ControlError::Unavailable(format!("{}: {e}", self.base));
+        let mut response = match method {
+            "GET" | "DELETE" => {
+                let mut req = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                if let Some(token) = self.bearer() {
+                    req = req.header("Authorization", format!("Bearer {token}"));
+                }
+                req.config()
+                    .timeout_global(Some(timeout))
+                    .build()
+                    .call()
+                    .map_err(unreachable)?
+            }
+            _ => {
+                let mut req = self.agent.post(&url).content_type("application/json");
+                if let Some(token) = self.bearer() {
+                    req = req.header("Authorization", format!("Bearer {token}"));
+                }
+                let bytes = match body {
+                    Some(b) => {
+                        serde_json::to_vec(b).map_err(|e| ControlError::Invalid(e.to_string()))?
+                    }
+                    None => b"{}".to_vec(),
+                };
+                req.config()
+                    .timeout_global(Some(timeout))
+                    .build()
+                    .send(&bytes[..])
+                    .map_err(unreachable)?
+            }
+        };
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(4 * 1024 * 1024)
+            .read_to_string()
+            .map_err(unreachable)?;
+        if (200..300).contains(&status) {
+            return serde_json::from_str(&text).map_err(|e| {
+                ControlError::Unavailable(format!("{}: unexpected reply ({e})", self.base))
+            });
+        }
+        let message = serde_json::from_str::<ErrorReply>(&text)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| format!("HTTP {status}"));
+        Err(match status {
+            404 if message.contains("member") => ControlError::UnknownMember(message),
+            404 if message.contains("party") => ControlError::UnknownParty(message),
+            409 => ControlError::PartyFull(0),
+            400 => ControlError::Invalid(message),
+            401 | 403 => ControlError::Denied(message),
+            _ => ControlError::Unavailable(format!("{}: {message}", self.base)),
+        })
+    }
+
+    /// Reads the roster, held by the server until its version passes `since` (or ~25 s).
+    fn read_roster(&self, party_id: &str, since: Option<u64>) -> Result<Roster, ControlError> {
+        let query = since.map(|v| format!("?since={v}")).unwrap_or_default();
+        self.call::<Roster>(
+            "GET",
+            &format!("/v1/parties/{party_id}/roster{query}"),
+            None::<&()>,
+            LONG_POLL_TIMEOUT,
+        )
+    }
+}
+
+impl ControlPlane for HttpControl {
+    fn create_party(&mut self, new: NewParty) -> Result<CreatedParty, ControlError> {
+        let body = CreatePartyRequest {
+            name: new.name,
+            subnet: Some(new.subnet),
+            max_peers: Some(new.max_peers),
+        };
+        let reply: CreatePartyReply =
+            self.call("POST", "/v1/parties", Some(&body), CALL_TIMEOUT)?;
+        let code = JoinCode {
+            control: self.base.clone(),
+            party_id: reply.id.clone(),
+            secret: Some(reply.join_secret),
+        };
+        Ok(CreatedParty {
+            id: reply.id,
+            name: reply.name,
+            subnet: reply.subnet,
+            max_peers: reply.max_peers,
+            join_code: code.to_string(),
+        })
+    }
+
+    fn join(&mut self, party_id: &str, req: JoinRequest) -> Result<Member, ControlError> {
+        let secret = self
+            .join_secret
+            .clone()
+            .ok_or_else(|| ControlError::Invalid("the join code carries no join secret".into()))?;
+        let identity = self
+            .identity
+            .clone()
+            .ok_or_else(|| ControlError::Invalid("joining needs the member's key".into()))?;
+        let info: Info = self.call("GET", "/v1/info", None::<&()>, CALL_TIMEOUT)?;
+        let server_key = Key::parse(&info.public_key).ok_or_else(|| {
+            ControlError::Unavailable(format!("{}: not a lanparty-lite server", self.base))
+        })?;
+        let challenge: ChallengeReply = self.call(
+            "POST",
+            &format!("/v1/parties/{party_id}/challenge"),
+            Some(&ChallengeRequest {
+                join_secret: secret.clone(),
+            }),
+            CALL_TIMEOUT,
+        )?;
+        let proof = proof::sign(&identity, &server_key, party_id, &challenge.nonce)
+            .ok_or_else(|| ControlError::Unavailable("the server's key is unusable".into()))?;
+        let body = JoinBody {
+            join_secret: secret,
+            name: req.name,
+            public_key: req.public_key.to_string(),
+            endpoints: req.endpoints,
+            nonce: challenge.nonce,
+            proof,
+        };
+        let reply: JoinReply = self.call(
+            "POST",
+            &format!("/v1/parties/{party_id}/members"),
+            Some(&body),
+            CALL_TIMEOUT,
+        )?;
+        self.set_token(reply.token);
+        Ok(reply.member)
+    }
+
+    fn heartbeat(
+        &mut self,
+        party_id: &str,
+        member_id: &str,
+        endpoints: &[SocketAddr],
+    ) -> Result<(), ControlError> {
+        let body = HeartbeatBody {
+            endpoints: endpoints.to_vec(),
+        };
+        let reply: TokenReply = self.call(
+            "POST",
+            &format!("/v1/parties/{party_id}/members/{member_id}/heartbeat"),
+            Some(&body),
+            CALL_TIMEOUT,
+        )?;
+        if let Some(token) = reply.token {
+            self.set_token(token);
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self, party_id: &str, member_id: &str) -> Result<(), ControlError> {
+        self.call::<serde_json::Value>(
+            "DELETE",
+            &format!("/v1/parties/{party_id}/members/{member_id}"),
+            None::<&()>,
+            CALL_TIMEOUT,
+        )
+        .map(|_| ())
+    }
+
+    fn roster(&mut self, party_id: &str) -> Result<Roster, ControlError> {
+        self.read_roster(party_id, None)
+    }
+
+    fn roster_since(&mut self, party_id: &str, since: u64) -> Result<Roster, ControlError> {
+        self.read_roster(party_id, Some(since))
+    }
+
+    fn try_clone(&self) -> Box<dyn ControlPlane> {
+        Box::new(self.clone())
+    }
+}

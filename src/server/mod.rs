@@ -1,0 +1,300 @@
+//! `lanparty-lite server`: the control plane over HTTP/1.1 on one mio loop. Requests go to
+//! [`api::Api`]; changes are written to the [`store::Store`] once per loop turn (group commit)
+//! before any reply leaves; roster long-polls are parked connections, answered when their
+//! party's version moves or after [`LONG_POLL`].
+
+pub mod api;
+pub mod conn;
+pub mod rate;
+pub mod store;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::control::unix_now;
+use crate::daemon::signals;
+use crate::failure::Failure;
+use crate::identity::{self, Identity};
+use api::{Api, Limits, Outcome};
+use conn::{Conn, Input, Parked};
+use rate::RateLimiter;
+use store::Store;
+
+/// How long a roster long-poll is held.
+pub const LONG_POLL: Duration = Duration::from_secs(25);
+/// Connections idle this long (no request, nothing parked) are closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often stale members are expired even without requests.
+const EXPIRE_EVERY: Duration = Duration::from_secs(10);
+/// Most simultaneous connections.
+pub const MAX_CONNECTIONS: usize = 16_384;
+const LISTENER: Token = Token(0);
+
+/// Resolved options of `server`.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Most parties.
+    pub max_parties: usize,
+    /// Most members per party.
+    pub max_peers: u32,
+    /// Requests per second per source address (0: unlimited).
+    pub rate_per_s: u32,
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub fn run(opts: ServerOptions) -> Result<(), Failure> {
+    signals::block().map_err(|e| Failure::System(format!("signals: {e}")))?;
+    identity::ensure_private_dir(&opts.state_dir).map_err(|e| {
+        Failure::System(format!("state directory {}: {e}", opts.state_dir.display()))
+    })?;
+    let (store, registry) = Store::open(&opts.state_dir)?;
+    let (key, _) =
+        Identity::load_or_create(&opts.state_dir).map_err(|e| Failure::System(e.to_string()))?;
+    let mut listener = TcpListener::bind(opts.listen)
+        .map_err(|e| Failure::Network(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::Network(e.to_string()))?;
+    let mut poll = Poll::new().map_err(|e| Failure::System(e.to_string()))?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .map_err(|e| Failure::System(e.to_string()))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waker = std::sync::Arc::new(
+        mio::Waker::new(poll.registry(), Token(1)).map_err(|e| Failure::System(e.to_string()))?,
+    );
+    {
+        let (stop, waker) = (stop.clone(), waker.clone());
+        signals::spawn_waiter(move |_| {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = waker.wake();
+        })
+        .map_err(|e| Failure::System(e.to_string()))?;
+    }
+    log::info!(
+        "control server listening on {local}, public key {}",
+        key.public
+    );
+    println!("listening on {local}");
+    let limits = Limits {
+        max_parties: opts.max_parties,
+        max_peers: opts.max_peers,
+    };
+    let api = Api::new(
+        registry,
+        key.secret,
+        limits,
+        RateLimiter::new(opts.rate_per_s, opts.rate_per_s.saturating_mul(2)),
+    );
+    let mut server = Server {
+        api,
+        store,
+        conns: HashMap::new(),
+        next_token: 2,
+    };
+    server
+        .run(&mut poll, &mut listener, &stop)
+        .map_err(|e| Failure::System(format!("server loop: {e}")))?;
+    log::info!("control server stopped");
+    Ok(())
+}
+
+struct Server {
+    api: Api,
+    store: Store,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+}
+
+impl Server {
+    fn run(
+        &mut self,
+        poll: &mut Poll,
+        listener: &mut TcpListener,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_expire = Instant::now() + EXPIRE_EVERY;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let now = Instant::now();
+            let timeout = self
+                .next_deadline(now)
+                .min(next_expire)
+                .saturating_duration_since(now);
+            if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            let unix = unix_now();
+            let mut touched = Vec::new();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(poll, listener, now),
+                    Token(1) => {}
+                    token => {
+                        let alive = self.conns.get_mut(&token).is_some_and(|c| c.fill());
+                        if !alive && !self.conns.get(&token).is_some_and(Conn::has_output) {
+                            self.close(poll, token);
+                            continue;
+                        }
+                        self.serve(token, now, unix);
+                        touched.push(token);
+                    }
+                }
+            }
+            if now >= next_expire {
+                if self.api.registry.expire(unix) {
+                    self.api.dirty = true;
+                }
+                next_expire = now + EXPIRE_EVERY;
+            }
+            self.commit(&touched);
+            self.release_parked(now, unix);
+            self.flush_all(poll, now);
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, poll: &mut Poll, listener: &mut TcpListener, now: Instant) {
+        loop {
+            match listener.accept() {
+                Ok((mut stream, addr)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        log::warn!("connection limit reached; refusing {}", addr.ip());
+                        continue;
+                    }
+                    let token = Token(self.next_token);
+                    self.next_token = self.next_token.wrapping_add(1).max(2);
+                    if poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .is_ok()
+                    {
+                        self.conns.insert(token, Conn::new(stream, addr.ip(), now));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::debug!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answers every complete request on a connection (stopping at a parked long-poll).
+    fn serve(&mut self, token: Token, now: Instant, unix: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        loop {
+            match conn.next_request() {
+                Input::Incomplete => return,
+                Input::Invalid(e) => {
+                    let (status, message) = e.status();
+                    conn.reply(status, &api::error_body(message), false, now);
+                    return;
+                }
+                Input::Request(req) => match self.api.handle(&req, conn.ip, unix, now) {
+                    Outcome::Reply(status, body) => conn.reply(status, &body, req.keep_alive, now),
+                    Outcome::Park { party_id, since } => {
+                        conn.parked = Some(Parked {
+                            party_id,
+                            since,
+                            deadline: now + LONG_POLL,
+                            keep_alive: req.keep_alive,
+                        });
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Makes this turn's changes durable before any reply leaves. If the store fails, the
+    /// changes are rolled back and this turn's replies become 503s.
+    fn commit(&mut self, touched: &[Token]) {
+        if !self.api.dirty {
+            return;
+        }
+        self.api.dirty = false;
+        if let Err(e) = self.store.save(&self.api.registry) {
+            log::error!("cannot save the registry: {e}; rolling back this turn");
+            if let Ok(registry) = self.store.reload() {
+                self.api.registry = registry;
+            }
+            let body = api::error_body("the server could not store the change; try again");
+            for token in touched {
+                if let Some(conn) = self.conns.get_mut(token) {
+                    if conn.has_output() {
+                        conn.discard_output();
+                        conn.reply(503, &body, false, Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    fn release_parked(&mut self, now: Instant, unix: u64) {
+        for conn in self.conns.values_mut() {
+            let Some(parked) = &conn.parked else { continue };
+            let moved = self
+                .api
+                .roster_version(&parked.party_id, unix)
+                .is_none_or(|v| v > parked.since);
+            if moved || now >= parked.deadline {
+                let keep_alive = parked.keep_alive;
+                let Outcome::Reply(status, body) = self.api.roster_reply(&parked.party_id, unix)
+                else {
+                    continue;
+                };
+                conn.parked = None;
+                conn.reply(status, &body, keep_alive, now);
+            }
+        }
+    }
+
+    fn flush_all(&mut self, poll: &mut Poll, now: Instant) {
+        let mut finished = Vec::new();
+        for (token, conn) in self.conns.iter_mut() {
+            let ok = conn.flush();
+            let idle = conn.parked.is_none()
+                && !conn.has_output()
+                && now.saturating_duration_since(conn.active_at) > IDLE_TIMEOUT;
+            if !ok || conn.done() || idle {
+                finished.push(*token);
+            }
+        }
+        for token in finished {
+            self.close(poll, token);
+        }
+    }
+
+    fn close(&mut self, poll: &mut Poll, token: Token) {
+        if let Some(mut conn) = self.conns.remove(&token) {
+            let _ = poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    fn next_deadline(&self, now: Instant) -> Instant {
+        self.conns
+            .values()
+            .filter_map(|c| c.parked.as_ref().map(|p| p.deadline))
+            .min()
+            .unwrap_or(now + IDLE_TIMEOUT)
+    }
+}
