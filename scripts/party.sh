@@ -31,7 +31,8 @@ cleanup() {
     rm -rf "$work"
     echo "party over; namespaces and processes removed"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 # "The LAN": a bridge in its own namespace (a root-namespace bridge drops unicast between
 # namespaces on these machines).

@@ -119,14 +119,23 @@ impl Identity {
     }
 }
 
-/// Creates `dir` (and parents) if missing and makes it accessible to its owner only.
+/// Creates `dir` (and parents) if missing, accessible to its owner only. An existing
+/// directory is left as it is unless others can write to it (like `/tmp`), which is refused:
+/// another user could then replace our socket or key.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let meta = fs::metadata(dir)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    match fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(io::Error::new(io::ErrorKind::AlreadyExists, "not a directory")),
+        Ok(meta) if meta.permissions().mode() & 0o022 != 0 => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "other users can write to it; use a private directory (chmod 700) or another --state-dir",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        }
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -219,6 +228,28 @@ mod tests {
         assert_eq!(
             String::from_utf8(out.stdout).unwrap().trim(),
             id.public.to_string()
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shared_writable_directories_are_refused_and_left_alone() {
+        let dir = temp_dir("shared");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(Identity::load_or_create(&dir).is_err());
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            Identity::load_or_create(&dir).is_ok(),
+            "readable by others is fine"
+        );
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o755
         );
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -218,7 +218,7 @@ fn a_member_that_leaves_disappears_and_its_interface_goes() {
     let out = lab
         .lp(2, &["leave", "--state-dir", &state])
         .expect_success();
-    assert!(out.stdout.contains("leaving the party"), "{}", out.stdout);
+    assert!(out.stdout.contains("left the party"), "{}", out.stdout);
 
     let (leaver, _) = members[2];
     let exit = lab.wait_exit(leaver, ROSTER_SLACK);

@@ -294,7 +294,18 @@ fn show_status(argv: &[String]) -> Result<(), Failure> {
 
 fn leave(argv: &[String]) -> Result<(), Failure> {
     let args = Args::parse("leave", argv, &STATE_ONLY)?;
-    local_api::call(&state_dir(&args)?, local_api::Request::Leave)?;
-    println!("leaving the party");
+    let dir = state_dir(&args)?;
+    local_api::call(&dir, local_api::Request::Leave)?;
+    // Return once the member is gone, so `leave && join` works.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(local_api::socket_path(&dir)).is_ok() {
+        if std::time::Instant::now() >= give_up {
+            return Err(Failure::System(
+                "the member did not stop within 10 s".into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    println!("left the party");
     Ok(())
 }

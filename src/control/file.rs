@@ -16,6 +16,29 @@ use crate::random;
 /// Largest registry file we will read (guards against pointing at a huge foreign file).
 const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Longest wait for another process's lock (a stalled disk or a stopped process).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the exclusive lock, giving up after `wait`.
+fn lock_within(file: &std::fs::File, wait: std::time::Duration) -> io::Result<()> {
+    let give_up = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < give_up => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "locked by another process for 10 s",
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
 /// A registry file.
 pub struct FileControl {
     path: PathBuf,
@@ -76,7 +99,7 @@ impl FileControl {
             .mode(0o600)
             .open(&lock_path)
             .map_err(|e| io_error(&lock_path, e))?;
-        lock.lock().map_err(|e| io_error(&lock_path, e))?;
+        lock_within(&lock, LOCK_WAIT).map_err(|e| io_error(&lock_path, e))?;
         atomic_file::remove_strays(&self.path);
         let mut registry = self.load()?;
         let before = registry.clone();

@@ -182,6 +182,19 @@ impl Registry {
         if new.subnet.prefix_len() > 30 {
             return Err(ControlError::Invalid("subnet must be /30 or larger".into()));
         }
+        let private: [Ipv4Net; 4] = [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+        ]
+        .map(|n| n.parse().expect("valid private range"));
+        if !private.iter().any(|p| p.contains(&new.subnet)) {
+            return Err(ControlError::Invalid(format!(
+                "subnet {} must lie inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10",
+                new.subnet
+            )));
+        }
         if self.parties.contains_key(&id) {
             return Err(ControlError::Invalid(format!(
                 "party id {id} already exists"
@@ -584,6 +597,33 @@ mod tests {
         );
         r.join("p", req(3), 5).unwrap();
         assert!(r.roster("p", 6).unwrap().version > seen);
+    }
+
+    #[test]
+    fn only_private_subnets_are_accepted() {
+        let mut r = Registry::default();
+        for bad in ["0.0.0.0/0", "127.0.0.0/8", "8.8.8.0/24", "10.0.0.0/7"] {
+            let new = NewParty {
+                name: "x".into(),
+                subnet: bad.parse().unwrap(),
+                max_peers: 8,
+                secret: None,
+            };
+            assert!(
+                matches!(
+                    r.create_party("p".into(), new, 0),
+                    Err(ControlError::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
+        let ok = NewParty {
+            name: "x".into(),
+            subnet: "100.64.7.0/24".parse().unwrap(),
+            max_peers: 8,
+            secret: None,
+        };
+        assert!(r.create_party("p".into(), ok, 0).is_ok());
     }
 
     #[test]

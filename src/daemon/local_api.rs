@@ -53,9 +53,23 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 
 /// Binds the socket, replacing a stale one left by a crash. Fails if a member is running.
 /// Called before anything else touches the party, so a second `join` changes nothing.
-pub fn bind(state_dir: &Path) -> Result<(UnixListener, PathBuf), Failure> {
+pub fn bind(state_dir: &Path) -> Result<(UnixListener, PathBuf, std::fs::File), Failure> {
+    // One member per state dir: an exclusive lock held for the daemon's life, taken before
+    // the socket is touched, so two racing `join`s cannot both pass the check.
+    let lock_path = state_dir.join("member.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            Failure::System(format!(
+                "state directory {}: cannot create member.lock: {e}",
+                state_dir.display()
+            ))
+        })?;
     let path = socket_path(state_dir);
-    if UnixStream::connect(&path).is_ok() {
+    if lock.try_lock().is_err() || UnixStream::connect(&path).is_ok() {
         return Err(Failure::System(format!(
             "a member is already running with state directory {} (use `lanparty-lite leave` first, or another --state-dir)",
             state_dir.display()
@@ -66,7 +80,7 @@ pub fn bind(state_dir: &Path) -> Result<(UnixListener, PathBuf), Failure> {
         .map_err(|e| Failure::System(format!("cannot create {}: {e}", path.display())))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Failure::System(format!("{}: {e}", path.display())))?;
-    Ok((listener, path))
+    Ok((listener, path, lock))
 }
 
 /// Serves requests on `listener` from a thread of its own.

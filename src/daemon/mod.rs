@@ -131,7 +131,7 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         Failure::System(format!("state directory {}: {e}", opts.state_dir.display()))
     })?;
     // The socket first: a second `join` on this state dir must change nothing.
-    let (listener, socket_path) = local_api::bind(&opts.state_dir)?;
+    let (listener, socket_path, _member_lock) = local_api::bind(&opts.state_dir)?;
     let _remove_socket = RemoveOnDrop(socket_path);
     let (identity, created) = Identity::load_or_create(&opts.state_dir)
         .map_err(|e| Failure::System(format!("state directory: {e}")))?;
@@ -174,8 +174,12 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
     );
     let tun = tun_device::create(&opts.interface, member.virtual_ip, roster.subnet, opts.mtu)
         .map_err(|e| Failure::System(e.0))?;
-    let (dp, dp_thread) = dataplane::spawn(tun, udp, PeerTable::new(identity.secret.clone()))
-        .map_err(system("data plane"))?;
+    let (dp, dp_thread) = dataplane::spawn(
+        tun,
+        udp,
+        PeerTable::new(identity.secret.clone(), member.virtual_ip, roster.subnet),
+    )
+    .map_err(system("data plane"))?;
     let _ = dp.send(Command::SyncPeers(control_loop::peer_configs(&roster)));
 
     let (events_tx, events) = crossbeam_channel::unbounded();

@@ -1,4 +1,4 @@
-//! SIGINT/SIGTERM handling without async signal handlers: the signals are blocked in every
+//! SIGINT/SIGTERM/SIGHUP handling without async signal handlers: the signals are blocked in every
 //! thread and one thread collects them with `sigwait`.
 
 use std::io;
@@ -10,11 +10,13 @@ fn shutdown_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        // A closed terminal or SSH session must leave the party too.
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread and every thread it spawns afterwards.
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it spawns afterwards.
 /// Call before starting any thread.
 pub fn block() -> io::Result<()> {
     let set = shutdown_set();
@@ -27,7 +29,7 @@ pub fn block() -> io::Result<()> {
     }
 }
 
-/// Starts a thread that calls `on_signal` with each SIGINT/SIGTERM it receives.
+/// Starts a thread that calls `on_signal` with each SIGINT/SIGTERM/SIGHUP it receives.
 pub fn spawn_waiter(on_signal: impl Fn(i32) + Send + 'static) -> io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())

@@ -8,9 +8,13 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
+use ipnet::Ipv4Net;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::identity::Key;
@@ -23,6 +27,11 @@ pub const PERSISTENT_KEEPALIVE_S: u16 = 25;
 pub const BUF_LEN: usize = 65_535 + 32;
 /// A handshake younger than this means the session is up (WireGuard's REJECT_AFTER_TIME).
 const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+/// Handshake messages per second (all peers together) before cookies are demanded
+/// (WireGuard whitepaper §5.3, boringtun's limiter).
+const HANDSHAKES_PER_SECOND: u64 = 100;
+/// The limiter counts per second; `update_timers` runs every 250 ms.
+const TICKS_PER_LIMITER_RESET: u32 = 4;
 
 /// Where the data plane sends its output.
 pub trait Io {
@@ -78,6 +87,9 @@ pub struct DropCounters {
     pub no_route: u64,
     /// Decrypted packets whose source is not the peer's virtual IP.
     pub bad_source: u64,
+    /// Decrypted packets for an address other than ours, the party broadcast or multicast
+    /// (a member may not route into our other networks).
+    pub bad_destination: u64,
     /// Datagrams that are not WireGuard, name no known peer, or fail to authenticate.
     pub bad_datagram: u64,
 }
@@ -106,6 +118,10 @@ impl Peer {
 pub struct PeerTable {
     secret: StaticSecret,
     public: PublicKey,
+    own_ip: Ipv4Addr,
+    subnet: Ipv4Net,
+    limiter: Arc<RateLimiter>,
+    ticks: u32,
     peers: HashMap<u32, Peer>,
     by_ip: HashMap<Ipv4Addr, u32>,
     by_key: HashMap<Key, u32>,
@@ -116,10 +132,14 @@ pub struct PeerTable {
 }
 
 impl PeerTable {
-    /// An empty table for the member holding `secret`.
-    pub fn new(secret: StaticSecret) -> PeerTable {
+    /// An empty table for the member holding `secret`, at `own_ip` in `subnet`.
+    pub fn new(secret: StaticSecret, own_ip: Ipv4Addr, subnet: Ipv4Net) -> PeerTable {
         let public = PublicKey::from(&secret);
         PeerTable {
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
+            ticks: 0,
+            own_ip,
+            subnet,
             secret,
             public,
             peers: HashMap::new(),
@@ -187,7 +207,7 @@ impl PeerTable {
             None,
             Some(PERSISTENT_KEEPALIVE_S),
             index,
-            None,
+            Some(self.limiter.clone()),
         );
         log::info!("peer {} ({}) added", config.name, config.virtual_ip);
         self.by_ip.insert(config.virtual_ip, index);
@@ -238,7 +258,20 @@ impl PeerTable {
     pub fn handle_datagram(&mut self, datagram: &[u8], src: SocketAddr, io: &mut impl Io) {
         let index = match wg::classify(datagram) {
             Datagram::ToIndex(receiver) => Some(receiver >> 8),
-            Datagram::HandshakeInit => self.initiator_index(datagram),
+            Datagram::HandshakeInit => {
+                // MAC1 (and, under load, a cookie) before any expensive key exchange.
+                match self
+                    .limiter
+                    .verify_packet(Some(src.ip()), datagram, &mut self.buf)
+                {
+                    Ok(_) => self.initiator_index(datagram),
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        io.send_to(cookie, src);
+                        return;
+                    }
+                    Err(_) => None,
+                }
+            }
             Datagram::Unknown => None,
         };
         let Some(peer) = index.and_then(|i| self.peers.get_mut(&i)) else {
@@ -261,14 +294,27 @@ impl PeerTable {
             }
             TunnResult::WriteToTunnelV4(packet, source) => {
                 learn_endpoint(peer, src);
-                if source == peer.config.virtual_ip {
-                    io.write_tun(packet);
-                } else {
+                let dst = Ipv4View::parse(packet).map(|ip| ip.dst()).ok();
+                let for_us = dst.is_some_and(|d| {
+                    d == self.own_ip
+                        || d == self.subnet.broadcast()
+                        || d.is_broadcast()
+                        || d.is_multicast()
+                });
+                if source != peer.config.virtual_ip {
                     self.drops.bad_source += 1;
-                    log::debug!(
+                    log::trace!(
                         "dropped packet from {source} inside {}'s tunnel",
                         peer.config.name
                     );
+                } else if !for_us {
+                    self.drops.bad_destination += 1;
+                    log::trace!(
+                        "dropped packet to {dst:?} from {}: not ours",
+                        peer.config.name
+                    );
+                } else {
+                    io.write_tun(packet);
                 }
             }
             TunnResult::WriteToTunnelV6(..) => self.drops.bad_source += 1,
@@ -290,6 +336,11 @@ impl PeerTable {
 
     /// Runs WireGuard's timers (call about every 250 ms): handshakes, keepalives, rekeys.
     pub fn update_timers(&mut self, io: &mut impl Io) {
+        self.ticks += 1;
+        if self.ticks >= TICKS_PER_LIMITER_RESET {
+            self.ticks = 0;
+            self.limiter.reset_count();
+        }
         for peer in self.peers.values_mut() {
             match peer.tunn.update_timers(&mut self.buf) {
                 TunnResult::WriteToNetwork(out) => peer.transmit(out, io),
@@ -368,7 +419,11 @@ mod tests {
         let secret = StaticSecret::from([n; 32]);
         let key = Key(PublicKey::from(&secret).to_bytes());
         Node {
-            table: PeerTable::new(secret),
+            table: PeerTable::new(
+                secret,
+                Ipv4Addr::new(10, 66, 0, n),
+                "10.66.0.0/16".parse().unwrap(),
+            ),
             key,
             vip: Ipv4Addr::new(10, 66, 0, n),
             addr: SocketAddr::from(([192, 168, 1, n], 5000 + u16::from(n))),
@@ -488,6 +543,42 @@ mod tests {
         deliver(&mut a, &mut b);
         assert!(b.io.tun.is_empty());
         assert_eq!(b.table.drops.bad_source, 1);
+    }
+
+    #[test]
+    fn packets_for_other_networks_are_not_routed_into_ours() {
+        for target in [Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::new(10, 66, 0, 3)] {
+            let mut a = node(1);
+            let mut b = node(2);
+            // A misbehaves: it routes `target` into B's tunnel.
+            let mut b_as_target = config_of(&b, vec![b.addr]);
+            b_as_target.virtual_ip = target;
+            a.table.sync(vec![b_as_target], &mut a.io);
+            b.table.sync(vec![config_of(&a, vec![a.addr])], &mut b.io);
+            exchange(&mut a, &mut b);
+            a.table
+                .handle_tun_packet(&ipv4(a.vip, target, b"sneaky"), &mut a.io);
+            assert_eq!(deliver(&mut a, &mut b), 1);
+            assert!(
+                b.io.tun.is_empty(),
+                "{target} is not B's to receive: {:?}",
+                b.io.tun
+            );
+            assert_eq!(b.table.drops.bad_destination, 1);
+        }
+    }
+
+    #[test]
+    fn handshake_initiations_with_a_bad_mac_cost_nothing_and_get_nothing() {
+        let (_a, mut b) = pair(vec![node(2).addr]);
+        b.io.sent.clear();
+        let mut junk = [0x5au8; 148];
+        junk[..4].copy_from_slice(&[1, 0, 0, 0]);
+        for _ in 0..1000 {
+            b.table.handle_datagram(&junk, node(9).addr, &mut b.io);
+        }
+        assert!(b.io.sent.is_empty());
+        assert_eq!(b.table.drops.bad_datagram, 1000);
     }
 
     #[test]
