@@ -6,8 +6,13 @@
 //! Not an API: the caller (libFuzzer or the replay test) provides the inputs and treats a
 //! panic as a finding.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
 use crate::control::code::JoinCode;
+use crate::control::http_api::{ChallengeRequest, CreatePartyRequest, HeartbeatBody, JoinBody};
 use crate::control::registry::Registry;
+use crate::wire::http::{self, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 use crate::wire::ip::Ipv4View;
 use crate::wire::wg::{self, Datagram};
 
@@ -20,6 +25,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("wire_wg", wire_wg),
     ("join_code", join_code),
     ("registry_json", registry_json),
+    ("http_request", http_request),
+    ("api_bodies", api_bodies),
 ];
 
 /// `Ipv4View::parse`; on success the accessors must read the fixed header (RFC 791 §3.1).
@@ -96,4 +103,97 @@ pub fn registry_json(data: &[u8]) -> bool {
         Err(e) => panic!("a written registry does not read back: {e}"),
     }
     true
+}
+
+/// `wire::http::parse_request`. An accepted request used at most the input, ends its head
+/// with CRLFCRLF right before a body of exactly the bytes it carries (RFC 9112 §2.1, §6.2),
+/// respects the size limits, and is not recognised before all its bytes are there.
+pub fn http_request(data: &[u8]) -> bool {
+    let (request, used) = match http::parse_request(data) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return false,
+        Err(e) => {
+            let (status, message) = e.status();
+            assert!((400..600).contains(&status) && !message.is_empty(), "{e:?}");
+            return false;
+        }
+    };
+    assert!(used <= data.len(), "used {used} of {} bytes", data.len());
+    let body_len = request.body.len();
+    assert!(
+        body_len <= MAX_BODY_BYTES,
+        "accepted a {body_len}-byte body"
+    );
+    let head_len = used - body_len;
+    assert!(
+        head_len <= MAX_HEAD_BYTES,
+        "accepted a {head_len}-byte head"
+    );
+    assert!(
+        data[..head_len].ends_with(b"\r\n\r\n"),
+        "head does not end in CRLFCRLF"
+    );
+    assert_eq!(
+        request.body,
+        data[head_len..used],
+        "body is not the bytes after the head"
+    );
+    assert!(request.path.starts_with('/'), "path {:?}", request.path);
+    assert!(
+        !request.path.contains('?'),
+        "query left in path {:?}",
+        request.path
+    );
+    let target = if request.query.is_empty() {
+        request.path.clone()
+    } else {
+        format!("{}?{}", request.path, request.query)
+    };
+    assert!(!target.bytes().any(|b| b.is_ascii_control()), "{target:?}");
+    assert_eq!(
+        http::parse_request(&data[..used]),
+        Ok(Some((request.clone(), used))),
+        "the request depends on bytes after it"
+    );
+    for cut in [used - 1, head_len - 1, head_len] {
+        if cut < used {
+            assert_eq!(
+                http::parse_request(&data[..cut]),
+                Ok(None),
+                "recognised after {cut} of its {used} bytes"
+            );
+        }
+    }
+    true
+}
+
+/// Deserializes `data` as `T`; an accepted body must survive being written and read back.
+fn body_round_trips<T>(data: &[u8]) -> bool
+where
+    T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug,
+{
+    let Ok(value) = serde_json::from_slice::<T>(data) else {
+        return false;
+    };
+    let written = match serde_json::to_vec(&value) {
+        Ok(bytes) => bytes,
+        Err(e) => panic!("an accepted body does not serialize: {e}"),
+    };
+    match serde_json::from_slice::<T>(&written) {
+        Ok(again) => assert_eq!(again, value, "body changed through a write and read"),
+        Err(e) => panic!("a written body does not read back: {e}"),
+    }
+    true
+}
+
+/// The control API's request bodies (`control::http_api`) as the server reads them: each of
+/// the create-party, challenge, join and heartbeat bodies. Returns whether any accepted.
+pub fn api_bodies(data: &[u8]) -> bool {
+    let results = [
+        body_round_trips::<CreatePartyRequest>(data),
+        body_round_trips::<ChallengeRequest>(data),
+        body_round_trips::<JoinBody>(data),
+        body_round_trips::<HeartbeatBody>(data),
+    ];
+    results.contains(&true)
 }

@@ -121,13 +121,16 @@ impl HttpControl {
                 ControlError::Unavailable(format!("{}: unexpected reply ({e})", self.base))
             });
         }
-        let message = serde_json::from_str::<ErrorReply>(&text)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| format!("HTTP {status}"));
+        let (message, max_peers) = serde_json::from_str::<ErrorReply>(&text)
+            .map(|e| (e.error, e.max_peers))
+            .unwrap_or_else(|_| (format!("HTTP {status}"), None));
         Err(match status {
             404 if message.contains("member") => ControlError::UnknownMember(message),
             404 if message.contains("party") => ControlError::UnknownParty(message),
-            409 => ControlError::PartyFull(0),
+            409 => match max_peers {
+                Some(max) => ControlError::PartyFull(max),
+                None => ControlError::Unavailable(message),
+            },
             400 => ControlError::Invalid(message),
             401 | 403 => ControlError::Denied(message),
             _ => ControlError::Unavailable(format!("{}: {message}", self.base)),

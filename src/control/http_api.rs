@@ -118,4 +118,7 @@ pub struct TokenReply {
 pub struct ErrorReply {
     /// What went wrong, for people.
     pub error: String,
+    /// On a 409 for a full party: the party's member limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_peers: Option<u32>,
 }

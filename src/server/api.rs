@@ -49,8 +49,10 @@ pub enum ApiError {
     Forbidden(String),
     /// 404: no such route, party or member.
     NotFound(String),
-    /// 409: a party or the server is full.
+    /// 409: the server is full.
     Full(String),
+    /// 409: the party is at its member limit (the limit goes into the body as `max_peers`).
+    PartyFull(u32, String),
     /// 429: too many requests from this address.
     TooManyRequests,
     /// 503: the server could not do it now (store failure).
@@ -65,7 +67,7 @@ impl ApiError {
             ApiError::Unauthenticated(m) => (401, m.clone()),
             ApiError::Forbidden(m) => (403, m.clone()),
             ApiError::NotFound(m) => (404, m.clone()),
-            ApiError::Full(m) => (409, m.clone()),
+            ApiError::Full(m) | ApiError::PartyFull(_, m) => (409, m.clone()),
             ApiError::TooManyRequests => {
                 (429, "too many requests from this address; slow down".into())
             }
@@ -80,7 +82,7 @@ impl From<ControlError> for ApiError {
             ControlError::UnknownParty(_) | ControlError::UnknownMember(_) => {
                 ApiError::NotFound(e.to_string())
             }
-            ControlError::PartyFull(_) => ApiError::Full(e.to_string()),
+            ControlError::PartyFull(max) => ApiError::PartyFull(*max, e.to_string()),
             ControlError::Invalid(why) => ApiError::BadRequest(why.clone()),
             ControlError::Denied(why) => ApiError::Forbidden(why.clone()),
             ControlError::Corrupt(_) | ControlError::Unavailable(_) => {
@@ -127,6 +129,7 @@ fn json<T: Serialize>(status: u16, value: &T) -> Outcome {
 pub fn error_body(message: &str) -> Vec<u8> {
     serde_json::to_vec(&ErrorReply {
         error: message.to_string(),
+        max_peers: None,
     })
     .unwrap_or_default()
 }
@@ -173,7 +176,15 @@ impl Api {
 
     fn error(&self, e: ApiError) -> Outcome {
         let (status, message) = e.status();
-        Outcome::Reply(status, error_body(&message))
+        let max_peers = match e {
+            ApiError::PartyFull(max, _) => Some(max),
+            _ => None,
+        };
+        let body = ErrorReply {
+            error: message,
+            max_peers,
+        };
+        Outcome::Reply(status, serde_json::to_vec(&body).unwrap_or_default())
     }
 
     fn route(&mut self, req: &Request, now: u64) -> Result<Outcome, ApiError> {

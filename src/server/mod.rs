@@ -4,6 +4,8 @@
 //! party's version moves or after [`LONG_POLL`].
 
 pub mod api;
+#[cfg(test)]
+mod api_tests;
 pub mod conn;
 pub mod rate;
 pub mod store;
@@ -146,13 +148,24 @@ impl Server {
                     LISTENER => self.accept(poll, listener, now),
                     Token(1) => {}
                     token => {
-                        let alive = self.conns.get_mut(&token).is_some_and(|c| c.fill());
-                        if !alive && !self.conns.get(&token).is_some_and(Conn::has_output) {
-                            self.close(poll, token);
+                        let Some(conn) = self.conns.get_mut(&token) else {
                             continue;
-                        }
+                        };
+                        let open = conn.fill();
+                        // A request may arrive together with the peer's half-close: answer
+                        // what was read, then close once the replies are out.
                         self.serve(token, now, unix);
                         touched.push(token);
+                        if !open {
+                            let Some(conn) = self.conns.get_mut(&token) else {
+                                continue;
+                            };
+                            conn.parked = None;
+                            conn.closing = true;
+                            if !conn.has_output() {
+                                self.close(poll, token);
+                            }
+                        }
                     }
                 }
             }
