@@ -74,7 +74,11 @@ impl HttpControl {
         timeout: Duration,
     ) -> Result<T, ControlError> {
         let url = format!("{}{path}", self.base);
-        let unreachable = |e: ureq::Error| ControlError::Unavailable(format!("{}: {e}", self.base));
+        let unreachable = |e: ureq::Error| {
+            let cause = e.to_string();
+            let cause = cause.strip_prefix("io: ").unwrap_or(&cause);
+            ControlError::Unavailable(format!("cannot reach {}: {cause}", self.base))
+        };
         let mut response = match method {
             "GET" | "DELETE" => {
                 let mut req = if method == "GET" {
@@ -125,8 +129,12 @@ impl HttpControl {
             .map(|e| (e.error, e.max_peers))
             .unwrap_or_else(|_| (format!("HTTP {status}"), None));
         Err(match status {
-            404 if message.contains("member") => ControlError::UnknownMember(message),
-            404 if message.contains("party") => ControlError::UnknownParty(message),
+            404 if message.contains("member") => {
+                ControlError::UnknownMember(segment_after(path, "members"))
+            }
+            404 if message.contains("party") => {
+                ControlError::UnknownParty(segment_after(path, "parties"))
+            }
             409 => match max_peers {
                 Some(max) => ControlError::PartyFull(max),
                 None => ControlError::Unavailable(message),
@@ -147,6 +155,13 @@ impl HttpControl {
             LONG_POLL_TIMEOUT,
         )
     }
+}
+
+/// The path segment after `name` (`/v1/parties/ID/…` → `ID`), for error messages.
+fn segment_after(path: &str, name: &str) -> String {
+    let mut parts = path.split(['/', '?']);
+    parts.by_ref().find(|p| *p == name);
+    parts.next().unwrap_or_default().to_string()
 }
 
 impl ControlPlane for HttpControl {

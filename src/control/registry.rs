@@ -348,6 +348,15 @@ impl Registry {
         })
     }
 
+    /// The party's roster version without building the roster (`None`: no such party, or
+    /// it has expired).
+    pub fn party_version(&self, party_id: &str, now: u64) -> Option<u64> {
+        self.parties
+            .get(party_id)
+            .filter(|p| !p.is_expired(now))
+            .map(|p| p.version)
+    }
+
     /// Removes stale members and long-empty parties. Returns whether anything changed.
     pub fn expire(&mut self, now: u64) -> bool {
         let next = self.version + 1;

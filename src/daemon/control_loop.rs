@@ -41,13 +41,16 @@ pub fn peer_configs(roster: &Roster) -> Vec<PeerConfig> {
         .collect()
 }
 
+/// Longest wait between roster retries: a refused connection costs the server nothing, and a
+/// member that waits longer sees newcomers late once the server is back.
+pub const ROSTER_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Delay before retry number `attempt` (0-based) of a failed control-plane call:
-/// exponential from 1 s to 60 s, scaled by `jitter` in [0.5, 1.0] so members that lost the
-/// server together do not return together.
-pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+/// exponential from 1 s up to `cap`, scaled by `jitter` in [0.5, 1.0] so members that lost
+/// the server together do not return together.
+pub fn backoff(attempt: u32, jitter: f64, cap: Duration) -> Duration {
     let base = Duration::from_secs(1).saturating_mul(1u32 << attempt.min(6));
-    base.min(Duration::from_secs(60))
-        .mul_f64(jitter.clamp(0.5, 1.0))
+    base.min(cap).mul_f64(jitter.clamp(0.5, 1.0))
 }
 
 fn jitter() -> f64 {
@@ -98,7 +101,7 @@ fn spawn_watcher(
                         }
                     }
                     Err(e) => {
-                        let delay = backoff(failures, jitter());
+                        let delay = backoff(failures, jitter(), ROSTER_RETRY_MAX);
                         log::warn!(
                             "roster: {e}; keeping the last known peers, retrying in {delay:.1?}"
                         );
@@ -170,12 +173,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_a_minute_with_jitter() {
-        assert_eq!(backoff(0, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(3, 1.0), Duration::from_secs(8));
-        assert_eq!(backoff(6, 1.0), Duration::from_secs(60));
-        assert_eq!(backoff(40, 1.0), Duration::from_secs(60));
-        assert_eq!(backoff(3, 0.5), Duration::from_secs(4));
-        assert_eq!(backoff(3, 0.0), Duration::from_secs(4), "jitter is clamped");
+    fn backoff_doubles_up_to_its_cap_with_jitter() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(backoff(0, 1.0, minute), Duration::from_secs(1));
+        assert_eq!(backoff(3, 1.0, minute), Duration::from_secs(8));
+        assert_eq!(backoff(6, 1.0, minute), minute);
+        assert_eq!(backoff(40, 1.0, minute), minute);
+        assert_eq!(backoff(3, 0.5, minute), Duration::from_secs(4));
+        assert_eq!(
+            backoff(3, 0.0, minute),
+            Duration::from_secs(4),
+            "jitter is clamped"
+        );
+        assert_eq!(backoff(9, 1.0, ROSTER_RETRY_MAX), ROSTER_RETRY_MAX);
     }
 }

@@ -113,6 +113,8 @@ pub struct Api {
     pub registry: Registry,
     /// Set by every change that must reach the store before replies go out.
     pub dirty: bool,
+    /// Set by heartbeats that only refreshed `last_seen`; stored within a few seconds.
+    pub liveness_dirty: bool,
     secret: StaticSecret,
     public: Key,
     tokens: TokenKey,
@@ -154,6 +156,7 @@ impl Api {
         Api {
             registry,
             dirty: false,
+            liveness_dirty: false,
             secret,
             public,
             tokens,
@@ -209,9 +212,16 @@ impl Api {
             (Method::Post, ["v1", "parties", party, "members", member, "heartbeat"]) => {
                 let public_key = self.authorize(req, party, member, now)?;
                 let body: HeartbeatBody = parse_body(req)?;
+                let before = self.registry.version;
                 self.registry
                     .heartbeat(party, member, body.endpoints, now)?;
-                self.dirty = true;
+                // Only liveness changed: it may reach the store a little later (a crash loses
+                // seconds of `last_seen`, far below the 300 s staleness limit).
+                if self.registry.version == before {
+                    self.liveness_dirty = true;
+                } else {
+                    self.dirty = true;
+                }
                 let remaining = self.token_remaining(req, now);
                 let reply = if remaining < REFRESH_WHEN_LEFT_S {
                     let (token, expires) = self.tokens.issue(party, member, &public_key, now);
@@ -281,7 +291,7 @@ impl Api {
 
     /// The party's current roster version, if it still exists.
     pub fn roster_version(&self, party_id: &str, now: u64) -> Option<u64> {
-        self.registry.roster(party_id, now).ok().map(|r| r.version)
+        self.registry.party_version(party_id, now)
     }
 
     fn create_party(&mut self, body: CreatePartyRequest, now: u64) -> Result<Outcome, ApiError> {

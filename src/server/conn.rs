@@ -9,6 +9,9 @@ use mio::net::TcpStream;
 
 use crate::wire::http::{self, HttpError, Request, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 
+/// Buffers above this capacity are released once empty.
+const KEEP_CAPACITY: usize = 4096;
+
 /// A long-poll waiting for a roster change.
 #[derive(Debug, Clone)]
 pub struct Parked {
@@ -117,6 +120,13 @@ impl Conn {
 
     /// Writes what the socket takes. Returns `false` on a write error.
     pub fn flush(&mut self) -> bool {
+        // Idle connections (thousands of parked long-polls) keep no large buffers.
+        if self.outbuf.is_empty() && self.outbuf.capacity() > KEEP_CAPACITY {
+            self.outbuf = Vec::new();
+        }
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_CAPACITY {
+            self.inbuf = Vec::new();
+        }
         while !self.outbuf.is_empty() {
             match self.stream.write(&self.outbuf) {
                 Ok(0) => return false,

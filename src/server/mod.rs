@@ -35,6 +35,10 @@ pub const LONG_POLL: Duration = Duration::from_secs(25);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often stale members are expired even without requests.
 const EXPIRE_EVERY: Duration = Duration::from_secs(10);
+/// Heartbeats that only refresh `last_seen` are stored at most this late.
+const LIVENESS_SAVE_EVERY: Duration = Duration::from_secs(5);
+/// Listen backlog: room for every member reconnecting at once after a restart.
+const LISTEN_BACKLOG: i32 = 4096;
 /// Most simultaneous connections.
 pub const MAX_CONNECTIONS: usize = 16_384;
 const LISTENER: Token = Token(0);
@@ -68,6 +72,8 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
     let local = listener
         .local_addr()
         .map_err(|e| Failure::Network(e.to_string()))?;
+    // SAFETY: a listening socket; listen(2) again only raises its backlog.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) };
     let mut poll = Poll::new().map_err(|e| Failure::System(e.to_string()))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
@@ -104,6 +110,8 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
         store,
         conns: HashMap::new(),
         next_token: 2,
+        saved_at: Instant::now(),
+        parked_seen: None,
     };
     server
         .run(&mut poll, &mut listener, &stop)
@@ -117,6 +125,11 @@ struct Server {
     store: Store,
     conns: HashMap<Token, Conn>,
     next_token: usize,
+    /// Last successful save.
+    saved_at: Instant,
+    /// Registry version and earliest deadline at the last scan of parked long-polls: while
+    /// neither has moved, no parked poll can be due.
+    parked_seen: Option<(u64, Instant)>,
 }
 
 impl Server {
@@ -175,7 +188,7 @@ impl Server {
                 }
                 next_expire = now + EXPIRE_EVERY;
             }
-            self.commit(&touched);
+            self.commit(&touched, now);
             self.release_parked(now, unix);
             self.flush_all(poll, now);
         }
@@ -240,29 +253,45 @@ impl Server {
 
     /// Makes this turn's changes durable before any reply leaves. If the store fails, the
     /// changes are rolled back and this turn's replies become 503s.
-    fn commit(&mut self, touched: &[Token]) {
-        if !self.api.dirty {
+    fn commit(&mut self, touched: &[Token], now: Instant) {
+        let liveness_due = self.api.liveness_dirty && now >= self.saved_at + LIVENESS_SAVE_EVERY;
+        if !self.api.dirty && !liveness_due {
             return;
         }
         self.api.dirty = false;
-        if let Err(e) = self.store.save(&self.api.registry) {
-            log::error!("cannot save the registry: {e}; rolling back this turn");
-            if let Ok(registry) = self.store.reload() {
-                self.api.registry = registry;
-            }
-            let body = api::error_body("the server could not store the change; try again");
-            for token in touched {
-                if let Some(conn) = self.conns.get_mut(token) {
-                    if conn.has_output() {
-                        conn.discard_output();
-                        conn.reply(503, &body, false, Instant::now());
-                    }
+        self.api.liveness_dirty = false;
+        match self.store.save(&self.api.registry) {
+            Ok(()) => self.saved_at = now,
+            Err(e) => self.roll_back(touched, e),
+        }
+    }
+
+    /// The store failed: drop this turn's changes and turn its replies into 503s.
+    fn roll_back(&mut self, touched: &[Token], e: io::Error) {
+        log::error!("cannot save the registry: {e}; rolling back this turn");
+        if let Ok(registry) = self.store.reload() {
+            self.api.registry = registry;
+        }
+        let body = api::error_body("the server could not store the change; try again");
+        for token in touched {
+            if let Some(conn) = self.conns.get_mut(token) {
+                if conn.has_output() {
+                    conn.discard_output();
+                    conn.reply(503, &body, false, Instant::now());
                 }
             }
         }
     }
 
     fn release_parked(&mut self, now: Instant, unix: u64) {
+        let version = self.api.registry.version;
+        if self
+            .parked_seen
+            .is_some_and(|(seen, earliest)| seen == version && now < earliest)
+        {
+            return;
+        }
+        let mut earliest = now + LONG_POLL;
         for conn in self.conns.values_mut() {
             let Some(parked) = &conn.parked else { continue };
             let moved = self
@@ -277,8 +306,11 @@ impl Server {
                 };
                 conn.parked = None;
                 conn.reply(status, &body, keep_alive, now);
+            } else {
+                earliest = earliest.min(parked.deadline);
             }
         }
+        self.parked_seen = Some((version, earliest));
     }
 
     fn flush_all(&mut self, poll: &mut Poll, now: Instant) {

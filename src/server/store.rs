@@ -33,6 +33,8 @@ impl Store {
             ))
         })?;
         let registry_path = dir.join("registry.json");
+        // We hold the lock: temporary files are leftovers of a killed server.
+        atomic_file::remove_strays(&registry_path);
         let registry = FileControl::new(registry_path.clone()).load()?;
         Ok((
             Store {

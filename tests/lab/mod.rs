@@ -294,6 +294,8 @@ pub struct Lab {
     base: String,
     dir: PathBuf,
     lan_ns: String,
+    /// Third octet of the LAN's 192.168.S.0/24.
+    subnet: u8,
     nodes: Vec<Node>,
     namespaces: Vec<String>,
     procs: Mutex<Vec<Started>>,
@@ -310,8 +312,10 @@ impl Lab {
         let dir = std::env::temp_dir().join(&base);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create lab directory");
+        let subnet = (1 + (std::process::id() + n) % 250) as u8;
         let mut lab = Lab {
             lan_ns: format!("{base}-lan"),
+            subnet,
             base,
             dir,
             nodes: Vec::new(),
@@ -323,7 +327,6 @@ impl Lab {
         lab.add_namespace(&lan);
         ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &lan, "link", "set", "br0", "up"]);
-        let subnet = 1 + (std::process::id() + n) % 250;
         for i in 0..members {
             let ns = format!("{}-m{i}", lab.base);
             lab.add_namespace(&ns);
@@ -333,7 +336,7 @@ impl Lab {
                 &ns,
             ]);
             ip(&["-n", &lan, "link", "set", &port, "master", "br0", "up"]);
-            let underlay_ip = Ipv4Addr::new(192, 168, subnet as u8, i as u8 + 1);
+            let underlay_ip = Ipv4Addr::new(192, 168, subnet, i as u8 + 1);
             ip(&[
                 "-n",
                 &ns,
@@ -352,6 +355,43 @@ impl Lab {
             });
         }
         lab
+    }
+
+    /// Adds one more namespace `<base>-<tag>` on the LAN bridge, addressed
+    /// `192.168.<S>.<host>/24` (pick `host` above the member count, e.g. 200), and returns its
+    /// node index, usable with [`Lab::exec`], [`Lab::spawn`] and friends like a member's.
+    /// `tag` names the bridge port too, so keep it short (at most 15 bytes) and unlike `m<i>`.
+    /// Used for a host playing "the internet", such as a control server.
+    pub fn add_host(&mut self, tag: &str, host: u8) -> usize {
+        assert!(
+            tag.len() <= 15 && !tag.starts_with('m') && tag != "br0",
+            "host tag {tag:?} must be at most 15 bytes and must not clash with member ports"
+        );
+        let ns = format!("{}-{tag}", self.base);
+        self.add_namespace(&ns);
+        let lan = self.lan_ns.clone();
+        ip(&[
+            "-n", &lan, "link", "add", tag, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["-n", &lan, "link", "set", tag, "master", "br0", "up"]);
+        let underlay_ip = Ipv4Addr::new(192, 168, self.subnet, host);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{underlay_ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        let state_dir = self.dir.join(format!("{tag}-state"));
+        self.nodes.push(Node {
+            ns,
+            underlay_ip,
+            state_dir,
+        });
+        self.nodes.len() - 1
     }
 
     fn add_namespace(&mut self, ns: &str) {
@@ -421,6 +461,27 @@ impl Lab {
         assert!(
             code.starts_with(&format!("{url}#")),
             "create printed {:?}; expected the join code for {url} last",
+            out.stdout
+        );
+        code
+    }
+
+    /// Runs `create NAME --control CONTROL EXTRA…` inside node `i`'s namespace (for example
+    /// against a control server on the lab network) and returns the join code it printed last.
+    pub fn create_party_in(&self, i: usize, control: &str, extra: &[&str]) -> String {
+        let mut args = vec!["create", "lan-night", "--control", control];
+        args.extend_from_slice(extra);
+        let out = self.lp(i, &args).expect_success();
+        let code = out
+            .stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        assert!(
+            code.starts_with(&format!("{control}#")),
+            "create printed {:?}; expected the join code for {control} last",
             out.stdout
         );
         code
@@ -568,8 +629,14 @@ impl Lab {
 
     /// One `ping -c 1 -W 1` from member `i` to `ip`.
     pub fn ping_once(&self, i: usize, ip: Ipv4Addr) -> Result<(), String> {
+        self.ping_once_waiting(i, ip, 1)
+    }
+
+    /// One `ping -c 1 -W <wait_s>` from member `i` to `ip`.
+    pub fn ping_once_waiting(&self, i: usize, ip: Ipv4Addr, wait_s: u32) -> Result<(), String> {
         let target = ip.to_string();
-        let out = self.exec(i, &["ping", "-n", "-q", "-c", "1", "-W", "1", &target]);
+        let wait = wait_s.to_string();
+        let out = self.exec(i, &["ping", "-n", "-q", "-c", "1", "-W", &wait, &target]);
         if out.status.success() {
             Ok(())
         } else {
