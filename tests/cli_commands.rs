@@ -175,3 +175,31 @@ fn every_command_has_help_and_unknown_ones_are_usage_errors() {
     assert_eq!(run(&[]).status.code(), Some(2));
     assert_eq!(run(&["keygen", "--bogus"]).status.code(), Some(2));
 }
+
+#[test]
+fn server_refuses_bad_options_before_listening() {
+    let dir = temp_dir("server-opts");
+    let short = dir.join("short.secret");
+    fs::write(&short, "too short\n").unwrap();
+    let state = dir.join("state");
+    let out = run(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--relay-secret-file",
+        short.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("at least 32"), "{}", stderr(&out));
+    assert_eq!(
+        run(&["server"]).status.code(),
+        Some(2),
+        "--listen is required"
+    );
+    let out = run(&["server", "--listen", "nowhere"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!state.exists(), "nothing was created");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -62,7 +62,8 @@ Runs the control server (HTTP/1.1 JSON API under /v1/) in the foreground until S
   --state-dir DIR     registry and server key (default: <member state dir>/server)
   --max-parties N     most parties at once (default 1000)
   --max-peers N       most members per party (default 64)
-  --rate-limit N      requests per second per source address, bursts of 2N (default 20; 0: off)";
+  --rate-limit N      requests per second per source address, bursts of 2N (default 20; 0: off)
+  --relay-secret-file FILE  secret shared with relays (>= 32 characters); enables relay registration";
 
 const HELP_STATUS: &str = "\
 Usage: lanparty-lite status [--json] [--state-dir DIR]
@@ -238,6 +239,7 @@ fn server(argv: &[String]) -> Result<(), Failure> {
             "max-parties",
             "max-peers",
             "rate-limit",
+            "relay-secret-file",
         ],
         switches: &[],
         positionals: 0,
@@ -261,13 +263,32 @@ fn server(argv: &[String]) -> Result<(), Failure> {
         ));
     }
     let rate_per_s = args.parsed("rate-limit")?.unwrap_or(20);
+    let relay_secret = args
+        .value("relay-secret-file")
+        .map(read_relay_secret)
+        .transpose()?;
     crate::server::run(ServerOptions {
         listen,
         state_dir,
         max_parties,
         max_peers,
         rate_per_s,
+        relay_secret,
     })
+}
+
+/// Reads the secret shared by server and relays (surrounding whitespace ignored).
+fn read_relay_secret(path: &str) -> Result<Vec<u8>, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Input(format!("--relay-secret-file {path}: {e}")))?;
+    let secret = text.trim();
+    if secret.len() < crate::server::relays::MIN_SECRET_LEN {
+        return Err(Failure::Input(format!(
+            "--relay-secret-file {path}: the secret must be at least {} characters",
+            crate::server::relays::MIN_SECRET_LEN
+        )));
+    }
+    Ok(secret.as_bytes().to_vec())
 }
 
 fn show_status(argv: &[String]) -> Result<(), Failure> {

@@ -13,6 +13,7 @@ use serde::Serialize;
 use x25519_dalek::StaticSecret;
 
 use super::rate::RateLimiter;
+use super::relays::{RelayError, Relays};
 use super::tokens::{TokenKey, REFRESH_WHEN_LEFT_S};
 use crate::control::http_api::*;
 use crate::control::registry::{self, JoinRequest, NewParty, Registry};
@@ -121,6 +122,8 @@ pub struct Api {
     nonces: HashMap<String, (String, u64)>,
     limits: Limits,
     rate: RateLimiter,
+    /// Registered relays.
+    pub relays: Relays,
 }
 
 fn json<T: Serialize>(status: u16, value: &T) -> Outcome {
@@ -163,6 +166,7 @@ impl Api {
             nonces: HashMap::new(),
             limits,
             rate,
+            relays: Relays::default(),
         }
     }
 
@@ -202,6 +206,20 @@ impl Api {
                     time: now,
                 },
             )),
+            (Method::Get, ["v1", "relays"]) => Ok(json(
+                200,
+                &serde_json::json!({ "relays": self.relays.list(now) }),
+            )),
+            (Method::Post, ["v1", "relays"]) => {
+                self.relays.register(parse_body(req)?, now).map_err(|e| match e {
+                    RelayError::Disabled => ApiError::Forbidden("relay registration is disabled on this server (no --relay-secret-file)".into()),
+                    RelayError::BadMac => ApiError::Forbidden("relay registration is not signed with this server's relay secret".into()),
+                    RelayError::Stale => ApiError::Forbidden("relay registration timestamp is more than 60 s off; check the relay's clock".into()),
+                    RelayError::Invalid => ApiError::BadRequest("relay address, region (1-32 of [A-Za-z0-9_-]) or capacity is invalid".into()),
+                    RelayError::Full => ApiError::Full("this server lists its maximum of relays".into()),
+                })?;
+                Ok(Outcome::Reply(200, b"{\"ok\":true}".to_vec()))
+            }
             (Method::Post, ["v1", "parties"]) => self.create_party(parse_body(req)?, now),
             (Method::Post, ["v1", "parties", party, "challenge"]) => {
                 self.challenge(party, parse_body(req)?, now)

@@ -1095,3 +1095,65 @@ fn one_address_over_its_burst_gets_429_while_another_is_served() {
     let _: Info = ok(h.call_from(noisy, "GET", "/v1/info", None, ""), 200);
     error(h.call_from(noisy, "GET", "/v1/info", None, ""), 429);
 }
+
+#[test]
+fn relays_register_with_the_shared_secret_and_are_listed() {
+    use crate::server::relays::{Registration, Relays};
+    let secret = b"relay secret of at least 32 bytes!".to_vec();
+    let mut h = Harness::new();
+    let registration = |ts: u64, key: &[u8]| {
+        let r = Registration {
+            address: "192.0.2.50:3478".parse().unwrap(),
+            region: "eu-west".into(),
+            capacity: 50,
+            clients: 2,
+            timestamp: ts,
+            mac: String::new(),
+        };
+        serde_json::to_string(&r.sign(key)).unwrap()
+    };
+    let disabled = error(
+        h.call("POST", "/v1/relays", None, &registration(h.now, &secret)),
+        403,
+    );
+    assert!(disabled.contains("disabled"), "{disabled}");
+    h.api.relays = Relays::new(Some(secret.clone()));
+    let forged = error(
+        h.call(
+            "POST",
+            "/v1/relays",
+            None,
+            &registration(h.now, b"wrong secret, also 32 bytes long!!"),
+        ),
+        403,
+    );
+    assert!(forged.contains("secret"), "{forged}");
+    let stale = error(
+        h.call(
+            "POST",
+            "/v1/relays",
+            None,
+            &registration(h.now - 600, &secret),
+        ),
+        403,
+    );
+    assert!(stale.contains("clock"), "{stale}");
+    error(h.call("POST", "/v1/relays", None, "{\"address\": 5}"), 400);
+    let listed: serde_json::Value = ok(h.call("GET", "/v1/relays", None, ""), 200);
+    assert_eq!(listed["relays"].as_array().unwrap().len(), 0);
+    let _: serde_json::Value = ok(
+        h.call("POST", "/v1/relays", None, &registration(h.now, &secret)),
+        200,
+    );
+    let listed: serde_json::Value = ok(h.call("GET", "/v1/relays", None, ""), 200);
+    assert_eq!(listed["relays"][0]["address"], "192.0.2.50:3478");
+    assert_eq!(listed["relays"][0]["region"], "eu-west");
+    assert_eq!(listed["relays"][0]["clients"], 2);
+    h.advance(crate::server::relays::RELAY_TTL_S);
+    let listed: serde_json::Value = ok(h.call("GET", "/v1/relays", None, ""), 200);
+    assert_eq!(
+        listed["relays"].as_array().unwrap().len(),
+        0,
+        "a silent relay is dropped"
+    );
+}

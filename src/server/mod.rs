@@ -8,6 +8,7 @@ pub mod api;
 mod api_tests;
 pub mod conn;
 pub mod rate;
+pub mod relays;
 pub mod store;
 pub mod tokens;
 
@@ -56,6 +57,8 @@ pub struct ServerOptions {
     pub max_peers: u32,
     /// Requests per second per source address (0: unlimited).
     pub rate_per_s: u32,
+    /// Secret shared with relays (registration is refused without one).
+    pub relay_secret: Option<Vec<u8>>,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -99,12 +102,13 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
         max_parties: opts.max_parties,
         max_peers: opts.max_peers,
     };
-    let api = Api::new(
+    let mut api = Api::new(
         registry,
         key.secret,
         limits,
         RateLimiter::new(opts.rate_per_s, opts.rate_per_s.saturating_mul(2)),
     );
+    api.relays = relays::Relays::new(opts.relay_secret);
     let mut server = Server {
         api,
         store,
