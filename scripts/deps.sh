@@ -14,6 +14,8 @@ have setpriv || need+=(util-linux)
 have nft || need+=(nftables)
 have conntrack || need+=(conntrack)
 have iperf3 || need+=(iperf3)
+have socat || need+=(socat)
+have openssl || need+=(openssl)
 
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"

@@ -30,13 +30,41 @@ pub struct HttpControl {
     agent: ureq::Agent,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+/// Environment variable naming a PEM file of root certificates to trust for `https://`
+/// servers instead of the built-in web roots (for a server with a private CA).
+pub const CA_FILE_ENV: &str = "LANPARTY_CA_FILE";
+
+fn agent() -> Result<ureq::Agent, ControlError> {
+    let builder = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(CALL_TIMEOUT))
-        .timeout_global(Some(LONG_POLL_TIMEOUT))
-        .build()
-        .into()
+        .timeout_global(Some(LONG_POLL_TIMEOUT));
+    #[cfg(feature = "tls")]
+    let builder = match std::env::var_os(CA_FILE_ENV) {
+        Some(path) => builder.tls_config(private_roots(std::path::Path::new(&path))?),
+        None => builder,
+    };
+    Ok(builder.build().into())
+}
+
+#[cfg(feature = "tls")]
+fn private_roots(path: &std::path::Path) -> Result<ureq::tls::TlsConfig, ControlError> {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig};
+    let invalid =
+        |why: String| ControlError::Invalid(format!("{CA_FILE_ENV}={}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(cert)) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(invalid("no PEM certificates in it".into()));
+    }
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(certs)))
+        .build())
 }
 
 impl HttpControl {
@@ -46,14 +74,14 @@ impl HttpControl {
         base: &str,
         join_secret: Option<String>,
         identity: Option<StaticSecret>,
-    ) -> HttpControl {
-        HttpControl {
+    ) -> Result<HttpControl, ControlError> {
+        Ok(HttpControl {
             base: base.trim_end_matches('/').to_string(),
             join_secret,
             identity,
             token: Arc::new(Mutex::new(None)),
-            agent: agent(),
-        }
+            agent: agent()?,
+        })
     }
 
     fn bearer(&self) -> Option<String> {

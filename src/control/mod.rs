@@ -156,7 +156,11 @@ pub fn open(
                 "this build has no TLS; use an http:// control URL".into(),
             ));
         }
-        return Ok(Box::new(http::HttpControl::new(url, join_secret, identity)));
+        return Ok(Box::new(http::HttpControl::new(
+            url,
+            join_secret,
+            identity,
+        )?));
     }
     Err(ControlError::Invalid(format!(
         "unsupported control URL {url:?} (expected file:/path/registry.json or http://host:port)"
