@@ -6,14 +6,17 @@
 //! No namespaces and no root needed. Every server is killed by PID when its guard drops
 //! (also while the test panics), and the temporary directory is removed.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::TempDir;
 
 use lanparty_lite::control::registry::Registry;
 use lanparty_lite::control::{self, ControlError, ControlPlane, JoinCode, JoinRequest, NewParty};
@@ -31,28 +34,6 @@ const PARTIES: usize = 3;
 const MAX_PEERS: u32 = 4000;
 /// How long a server may take to print `listening on`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
-/// A unique temporary directory, removed on drop. Named `lpt-<pid>-…` like the lab's, so a
-/// lab sweep removes it if this process dies without running destructors.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("lpt-{}-{n}-{tag}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create temporary directory");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running server; SIGKILLed by PID and reaped on drop.
 struct Server {

@@ -3,16 +3,18 @@
 //! Each test starts its own server on a free port with its own state directory; the guard
 //! kills the server by PID and removes the directory even when the test panics.
 
+mod support;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
+use support::TempDir;
 
 use lanparty_lite::control::{self, ControlError, ControlPlane, JoinCode, JoinRequest, NewParty};
 use lanparty_lite::identity::Key;
@@ -24,29 +26,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
 /// The bound for a new member to reach the others, with slack for a loaded machine.
 const FAST_ROSTER: Duration = Duration::from_secs(3);
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lp-server-http-{}-{}-{tag}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running server process, killed by PID on drop.
 struct Server {
