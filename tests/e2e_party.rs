@@ -24,27 +24,6 @@ fn join_in_order(lab: &Lab, code: &str, n: usize) -> Vec<(lab::Proc, Joined)> {
     (0..n).map(|i| lab.join(i, code)).collect()
 }
 
-/// Waits until member `i`'s status lists exactly `expected` as connected peers.
-fn wait_connected_peers(lab: &Lab, i: usize, expected: &[Ipv4Addr]) {
-    let mut want: Vec<(Ipv4Addr, String)> = expected
-        .iter()
-        .map(|ip| (*ip, "connected".to_string()))
-        .collect();
-    want.sort();
-    wait_until(
-        &format!("m{i}'s status to list {expected:?} as connected"),
-        ROSTER_SLACK,
-        || {
-            let got = peers(&lab.status(i)?);
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("peers are {got:?}"))
-            }
-        },
-    );
-}
-
 /// Waits until member `i`'s status no longer lists `gone` (whatever its state).
 fn wait_peer_gone(lab: &Lab, i: usize, gone: Ipv4Addr) {
     wait_until(
@@ -83,7 +62,7 @@ fn three_members_on_one_lan_all_reach_each_other_and_see_each_other_connected() 
 
     for i in 0..3 {
         let others: Vec<Ipv4Addr> = (0..3).filter(|j| *j != i).map(|j| ips[j]).collect();
-        wait_connected_peers(&lab, i, &others);
+        lab.wait_connected_peers(i, &others, ROSTER_SLACK);
         let status = lab.status(i).unwrap();
         assert_eq!(status["self"]["virtual_ip"], ips[i].to_string());
         assert_eq!(status["self"]["name"], format!("m{i}"));
@@ -211,8 +190,8 @@ fn a_member_that_leaves_disappears_and_its_interface_goes() {
     for (from, to) in [(0, 1), (0, 2), (1, 2)] {
         lab.wait_ping(from, ips[to], PING_SLACK);
     }
-    wait_connected_peers(&lab, 0, &[ips[1], ips[2]]);
-    wait_connected_peers(&lab, 1, &[ips[0], ips[2]]);
+    lab.wait_connected_peers(0, &[ips[1], ips[2]], ROSTER_SLACK);
+    lab.wait_connected_peers(1, &[ips[0], ips[2]], ROSTER_SLACK);
 
     let state = lab.node(2).state_dir.display().to_string();
     let out = lab
@@ -252,8 +231,8 @@ fn a_late_joiner_reaches_and_is_reached_by_the_members_already_there() {
     let (a, b) = (first[0].1.ip, first[1].1.ip);
     lab.wait_ping(0, b, PING_SLACK);
     lab.wait_ping(1, a, PING_SLACK);
-    wait_connected_peers(&lab, 0, &[b]);
-    wait_connected_peers(&lab, 1, &[a]);
+    lab.wait_connected_peers(0, &[b], ROSTER_SLACK);
+    lab.wait_connected_peers(1, &[a], ROSTER_SLACK);
 
     let (_, late) = lab.join(2, &code);
     assert_eq!(late.ip, ip(3));
@@ -271,9 +250,9 @@ fn a_late_joiner_reaches_and_is_reached_by_the_members_already_there() {
     lab.wait_ping(1, late.ip, PING_SLACK);
     lab.wait_ping(2, a, PING_SLACK);
     lab.wait_ping(2, b, PING_SLACK);
-    wait_connected_peers(&lab, 2, &[a, b]);
-    wait_connected_peers(&lab, 0, &[b, late.ip]);
-    wait_connected_peers(&lab, 1, &[a, late.ip]);
+    lab.wait_connected_peers(2, &[a, b], ROSTER_SLACK);
+    lab.wait_connected_peers(0, &[b, late.ip], ROSTER_SLACK);
+    lab.wait_connected_peers(1, &[a, late.ip], ROSTER_SLACK);
 }
 
 fn stopping_on_a_signal_leaves_cleanly(tag: &str, signal: libc::c_int) {
@@ -284,8 +263,8 @@ fn stopping_on_a_signal_leaves_cleanly(tag: &str, signal: libc::c_int) {
     for (from, to) in [(0, 1), (0, 2), (1, 2)] {
         lab.wait_ping(from, ips[to], PING_SLACK);
     }
-    wait_connected_peers(&lab, 0, &[ips[1], ips[2]]);
-    wait_connected_peers(&lab, 1, &[ips[0], ips[2]]);
+    lab.wait_connected_peers(0, &[ips[1], ips[2]], ROSTER_SLACK);
+    lab.wait_connected_peers(1, &[ips[0], ips[2]], ROSTER_SLACK);
 
     let (victim, _) = members[2];
     let sent = Instant::now();
@@ -326,6 +305,6 @@ fn members_connect_without_any_traffic() {
     let code = lab.create_party(&[]);
     let _members = join_in_order(&lab, &code, 2);
     // No ping: tunnels come up from the handshake started when a peer appears in the roster.
-    wait_connected_peers(&lab, 0, &[ip(2)]);
-    wait_connected_peers(&lab, 1, &[ip(1)]);
+    lab.wait_connected_peers(0, &[ip(2)], ROSTER_SLACK);
+    lab.wait_connected_peers(1, &[ip(1)], ROSTER_SLACK);
 }

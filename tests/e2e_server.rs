@@ -13,7 +13,7 @@ mod lab;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use lab::{assert_fails, peers, wait_until, Joined, Lab, Proc, BIN};
+use lab::{assert_fails, peers, Joined, Lab, Proc, BIN};
 
 /// The server's port inside its own namespace.
 const PORT: u16 = 7777;
@@ -63,27 +63,6 @@ fn split_code(code: &str) -> (&str, &str, &str) {
     (url, party, secret)
 }
 
-/// Waits until member `i`'s status lists exactly `expected` as connected peers.
-fn wait_connected_peers(lab: &Lab, i: usize, expected: &[Ipv4Addr]) {
-    let mut want: Vec<(Ipv4Addr, String)> = expected
-        .iter()
-        .map(|ip| (*ip, "connected".to_string()))
-        .collect();
-    want.sort();
-    wait_until(
-        &format!("m{i}'s status to list {expected:?} as connected"),
-        ROSTER_SLACK,
-        || {
-            let got = peers(&lab.status(i)?);
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("peers are {got:?}"))
-            }
-        },
-    );
-}
-
 fn ordered_pairs(n: usize) -> Vec<(usize, usize)> {
     (0..n)
         .flat_map(|a| (0..n).filter(move |b| *b != a).map(move |b| (a, b)))
@@ -120,7 +99,7 @@ fn members_join_by_code_survive_a_minute_without_server_and_see_a_newcomer_after
     }
     for i in 0..3 {
         let others: Vec<Ipv4Addr> = (0..3).filter(|j| *j != i).map(|j| ips[j]).collect();
-        wait_connected_peers(&lab, i, &others);
+        lab.wait_connected_peers(i, &others, ROSTER_SLACK);
         let status = lab.status(i).unwrap();
         assert_eq!(status["self"]["virtual_ip"], ips[i].to_string());
         assert_eq!(status["party"]["join_code"], code.as_str());
@@ -163,7 +142,7 @@ fn members_join_by_code_survive_a_minute_without_server_and_see_a_newcomer_after
     assert!(rounds >= 12, "only {rounds} ping rounds during the outage");
     for i in 0..3 {
         let others: Vec<Ipv4Addr> = (0..3).filter(|j| *j != i).map(|j| ips[j]).collect();
-        wait_connected_peers(&lab, i, &others);
+        lab.wait_connected_peers(i, &others, ROSTER_SLACK);
     }
     for (i, (p, _)) in members.iter().enumerate() {
         assert!(
@@ -248,7 +227,7 @@ fn members_join_by_code_survive_a_minute_without_server_and_see_a_newcomer_after
     all.push(newcomer.ip);
     for i in 0..4 {
         let others: Vec<Ipv4Addr> = all.iter().copied().filter(|ip| *ip != all[i]).collect();
-        wait_connected_peers(&lab, i, &others);
+        lab.wait_connected_peers(i, &others, ROSTER_SLACK);
     }
 }
 

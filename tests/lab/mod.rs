@@ -613,6 +613,28 @@ impl Lab {
     }
 
     /// `lanparty-lite status --json` of member `i` (its node state directory), parsed.
+    /// Waits until member `i`'s status lists exactly `expected` as connected peers.
+    pub fn wait_connected_peers(&self, i: usize, expected: &[Ipv4Addr], slack: Duration) {
+        let mut want: Vec<(Ipv4Addr, String)> = expected
+            .iter()
+            .map(|ip| (*ip, "connected".to_string()))
+            .collect();
+        want.sort();
+        wait_until(
+            &format!("m{i}'s status to list {expected:?} as connected"),
+            slack,
+            || {
+                let got = peers(&self.status(i)?);
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("peers are {got:?}"))
+                }
+            },
+        );
+    }
+
+    /// Member `i`'s `status --json`.
     pub fn status(&self, i: usize) -> Result<Value, String> {
         let state = self.nodes[i].state_dir.display().to_string();
         let out = self.lp(i, &["status", "--json", "--state-dir", &state]);
