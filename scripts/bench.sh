@@ -22,7 +22,8 @@
 #   BENCH_CACHE    where boringtun-cli is installed (default /root/.cache/lanparty-bench)
 #   BORINGTUN_CLI  use this boringtun-cli binary instead of finding/installing one
 #   BENCH_STRICT=1 exit 1 when a target fails or cannot be evaluated
-#   LANPARTY_BIN   benchmark this lanparty-lite binary instead of building target/release
+#   BENCH_TARGET   gnu (default, dynamically linked glibc) or musl (static)
+#   LANPARTY_BIN   benchmark this lanparty-lite binary instead of building one
 #   BENCH_KEEP=1   keep the work directory (daemon and iperf3 logs) and print its path
 # Exit status: 0 measured (targets are reported, not enforced unless BENCH_STRICT=1);
 #              2 a tunnel failed to run; 1 setup error or (strict) a target failed.
@@ -47,7 +48,16 @@ ONLY=${BENCH_ONLY:-veth,lanparty-lite,wireguard-go,boringtun-cli}
 WAIT_IDLE=${BENCH_WAIT_IDLE:-120}
 IDLE_PCT=${BENCH_IDLE_PCT:-15}
 
-LP_BIN=${LANPARTY_BIN:-$ROOT/target/release/lanparty-lite}
+# BENCH_TARGET=gnu (default): `cargo build --release`, dynamically linked glibc.
+# BENCH_TARGET=musl: the static musl build (about 1.8 MiB less idle RSS: no libc.so mapped;
+# slower in our runs, see README "Building").
+LP_TARGET=${BENCH_TARGET:-gnu}
+case $LP_TARGET in
+musl) LP_TRIPLE=x86_64-unknown-linux-musl ;;
+gnu) LP_TRIPLE= ;;
+*) echo "BENCH_TARGET must be musl or gnu" >&2; exit 1 ;;
+esac
+LP_BIN=${LANPARTY_BIN:-$ROOT/target/${LP_TRIPLE:+$LP_TRIPLE/}release/lanparty-lite}
 TUNNELS=(veth lanparty-lite wireguard-go boringtun-cli)
 
 # Underlay (veth) and overlay addresses. lanparty-lite assigns 10.66.0.1 / 10.66.0.2 itself
@@ -159,9 +169,16 @@ build_lanparty() {
 		warn "$LP_BUILD"
 		return
 	fi
-	log "cargo build --release (lanparty-lite)"
-	if (cd "$ROOT" && cargo build --release --quiet); then
-		LP_BUILD=ok
+	local target_args=()
+	if [[ -n $LP_TRIPLE ]]; then
+		command -v musl-gcc >/dev/null 2>&1 || apt-get install -y -qq musl-tools >/dev/null 2>&1 || true
+		rustup target list --installed 2>/dev/null | grep -qx "$LP_TRIPLE" ||
+			rustup target add "$LP_TRIPLE" >/dev/null 2>&1 || true
+		target_args=(--target "$LP_TRIPLE")
+	fi
+	log "cargo build --release ${target_args[*]} (lanparty-lite)"
+	if (cd "$ROOT" && cargo build --release --quiet "${target_args[@]}"); then
+		LP_BUILD="ok (${LP_TARGET})"
 	elif [[ -x $LP_BIN ]]; then
 		LP_BUILD="build failed; existing (possibly stale) binary used"
 		warn "$LP_BUILD"
