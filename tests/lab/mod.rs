@@ -450,20 +450,7 @@ impl Lab {
         let url = self.control_url();
         let mut argv = vec![BIN, "create", "lan-night", "--control", &url];
         argv.extend_from_slice(extra);
-        let out = self.run_host(&argv).expect_success();
-        let code = out
-            .stdout
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        assert!(
-            code.starts_with(&format!("{url}#")),
-            "create printed {:?}; expected the join code for {url} last",
-            out.stdout
-        );
-        code
+        join_code_of(&self.run_host(&argv).expect_success(), &url)
     }
 
     /// Runs `create NAME --control CONTROL EXTRA…` inside node `i`'s namespace (for example
@@ -471,20 +458,7 @@ impl Lab {
     pub fn create_party_in(&self, i: usize, control: &str, extra: &[&str]) -> String {
         let mut args = vec!["create", "lan-night", "--control", control];
         args.extend_from_slice(extra);
-        let out = self.lp(i, &args).expect_success();
-        let code = out
-            .stdout
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        assert!(
-            code.starts_with(&format!("{control}#")),
-            "create printed {:?}; expected the join code for {control} last",
-            out.stdout
-        );
-        code
+        join_code_of(&self.lp(i, &args).expect_success(), control)
     }
 
     /// Starts `argv` in member `i`'s namespace in the background; the lab keeps it and stops
@@ -740,6 +714,23 @@ impl Drop for Lab {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The join code `create` printed as its last line, checked to name `control`.
+fn join_code_of(out: &Finished, control: &str) -> String {
+    let code = out
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        code.starts_with(&format!("{control}#")),
+        "create printed {:?}; expected the join code for {control} last",
+        out.stdout
+    );
+    code
 }
 
 /// Parses `joined as NAME (IP)`.
