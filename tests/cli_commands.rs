@@ -203,3 +203,35 @@ fn server_refuses_bad_options_before_listening() {
     assert!(!state.exists(), "nothing was created");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn create_refuses_registry_paths_a_join_code_cannot_carry_and_accepts_relative_ones() {
+    let dir = temp_dir("paths");
+    let spaced = dir.join("a b");
+    fs::create_dir_all(&spaced).unwrap();
+    let out = run(&[
+        "create",
+        "x",
+        "--control",
+        &format!("file:{}/registry.json", spaced.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("join code"), "{}", stderr(&out));
+    assert!(
+        !spaced.join("registry.json").exists(),
+        "nothing was created"
+    );
+
+    let relative = bin()
+        .args(["create", "x", "--control", "file:registry.json"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(relative.status.success(), "{}", stderr(&relative));
+    let code = stdout(&relative).lines().last().unwrap().to_string();
+    assert!(
+        code.starts_with(&format!("file:{}/registry.json#", dir.display())),
+        "{code}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -124,12 +124,25 @@ impl FileControl {
 impl ControlPlane for FileControl {
     fn create_party(&mut self, new: NewParty) -> Result<CreatedParty, ControlError> {
         let id = random::id(10).map_err(|e| ControlError::Unavailable(e.to_string()))?;
-        let path = fs::canonicalize(self.path.parent().unwrap_or(Path::new(".")))
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let path = fs::canonicalize(dir)
             .map(|dir| dir.join(self.path.file_name().unwrap_or_default()))
             .map_err(|e| io_error(&self.path, e))?;
+        let control = format!("file:{}", path.display());
+        // The code must parse again: no spaces or '#' in the registry path.
+        if JoinCode::parse(&format!("{control}#{id}")).is_err() {
+            return Err(ControlError::Invalid(format!(
+                "registry path {} cannot go into a join code (no spaces or '#')",
+                path.display()
+            )));
+        }
         let party = self.update(|r, now| r.create_party(id, new, now).cloned())?;
         let code = JoinCode {
-            control: format!("file:{}", path.display()),
+            control,
             party_id: party.id.clone(),
             secret: None,
         };

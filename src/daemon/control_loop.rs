@@ -67,6 +67,8 @@ pub struct ControlLoop {
     pub party_id: String,
     /// Our member id.
     pub member_id: String,
+    /// Our virtual IP (the interface has it; a rejoin must give it back).
+    pub virtual_ip: std::net::Ipv4Addr,
     /// What we joined with (re-sent if the control plane forgot us).
     pub join: JoinRequest,
     /// Recomputes our endpoints before each heartbeat.
@@ -159,8 +161,14 @@ impl ControlLoop {
             Err(ControlError::UnknownMember(_)) => {
                 log::warn!("the control plane forgot this member; joining again");
                 self.join.endpoints = endpoints;
-                if let Err(e) = self.control.join(&self.party_id, self.join.clone()) {
-                    log::error!("rejoin: {e}");
+                match self.control.join(&self.party_id, self.join.clone()) {
+                    Ok(member) if member.virtual_ip != self.virtual_ip => log::error!(
+                        "rejoined with virtual IP {} instead of {}; restart the member to use it",
+                        member.virtual_ip,
+                        self.virtual_ip
+                    ),
+                    Ok(_) => {}
+                    Err(e) => log::error!("rejoin: {e}"),
                 }
             }
             Err(e) => log::warn!("heartbeat: {e}; retrying in {HEARTBEAT_INTERVAL:?}"),

@@ -221,6 +221,7 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
             .ok_or_else(|| Failure::System("control plane lost during start-up".into()))?,
         party_id,
         member_id: member.id.clone(),
+        virtual_ip: member.virtual_ip,
         join,
         endpoints: Box::new(endpoints),
         dataplane: dp.clone(),
