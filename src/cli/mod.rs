@@ -183,7 +183,11 @@ fn create(argv: &[String]) -> Result<(), Failure> {
             "party {:?} created ({} members at most, subnet {})",
             party.name, party.max_peers, party.subnet
         );
-        println!("join with: lanparty-lite join {}", party.join_code);
+        println!(
+            "join with: lanparty-lite join {} (a party without members ends after {} minutes)",
+            party.join_code,
+            registry::EMPTY_PARTY_TTL_S / 60
+        );
         println!("{}", party.join_code);
     }
     Ok(())
