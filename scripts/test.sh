@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit, scenario, fuzz-corpus replay and end-to-end namespace tests.
+# Runs the whole test suite: unit, integration, fuzz-corpus replay and end-to-end namespace tests.
 # The end-to-end tests need root (network namespaces, tun devices).
 # Usage (as root): bash scripts/test.sh
 set -euo pipefail
