@@ -328,31 +328,7 @@ impl Lab {
         ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &lan, "link", "set", "br0", "up"]);
         for i in 0..members {
-            let ns = format!("{}-m{i}", lab.base);
-            lab.add_namespace(&ns);
-            let port = format!("m{i}");
-            ip(&[
-                "-n", &lan, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ]);
-            ip(&["-n", &lan, "link", "set", &port, "master", "br0", "up"]);
-            let underlay_ip = Ipv4Addr::new(192, 168, subnet, i as u8 + 1);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{underlay_ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            let state_dir = lab.dir.join(format!("m{i}-state"));
-            lab.nodes.push(Node {
-                ns,
-                underlay_ip,
-                state_dir,
-            });
+            lab.attach(&format!("m{i}"), i as u8 + 1);
         }
         lab
     }
@@ -367,6 +343,12 @@ impl Lab {
             tag.len() <= 15 && !tag.starts_with('m') && tag != "br0",
             "host tag {tag:?} must be at most 15 bytes and must not clash with member ports"
         );
+        self.attach(tag, host)
+    }
+
+    /// Creates namespace `<base>-<tag>` with `eth0` on the LAN bridge (bridge port `tag`) at
+    /// `192.168.<S>.<host>/24`, and returns its node index.
+    fn attach(&mut self, tag: &str, host: u8) -> usize {
         let ns = format!("{}-{tag}", self.base);
         self.add_namespace(&ns);
         let lan = self.lan_ns.clone();
@@ -375,15 +357,8 @@ impl Lab {
         ]);
         ip(&["-n", &lan, "link", "set", tag, "master", "br0", "up"]);
         let underlay_ip = Ipv4Addr::new(192, 168, self.subnet, host);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{underlay_ip}/24"),
-            "dev",
-            "eth0",
-        ]);
+        let address = format!("{underlay_ip}/24");
+        ip(&["-n", &ns, "addr", "add", &address, "dev", "eth0"]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         let state_dir = self.dir.join(format!("{tag}-state"));
         self.nodes.push(Node {
