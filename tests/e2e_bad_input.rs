@@ -167,13 +167,7 @@ fn registry_path_that_cannot_be_read_exits_4_and_is_left_alone() {
     let registry = shared.join("registry.json");
     let url = format!("file:{}", registry.display());
     let created = lab.run_host(&[BIN, "create", "locked", "--control", &url]);
-    let code = created
-        .expect_success()
-        .stdout
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
+    let code = lab::join_code_of(&created.expect_success(), &url);
     fs::set_permissions(&registry, fs::Permissions::from_mode(0o000)).unwrap();
     // `create` ran as root and left a 0600 lock file; open it up so the failure is the read.
     let lock = shared.join("registry.json.lock");
@@ -283,13 +277,7 @@ fn missing_tun_permission_exits_5_and_leaves_no_member_behind() {
         "--max-peers",
         "1",
     ]);
-    let code = created
-        .expect_success()
-        .stdout
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
+    let code = lab::join_code_of(&created.expect_success(), &url);
     fs::set_permissions(&registry, fs::Permissions::from_mode(0o666)).unwrap();
     let lock = shared.join("registry.json.lock");
     fs::set_permissions(&lock, fs::Permissions::from_mode(0o666)).unwrap();

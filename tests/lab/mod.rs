@@ -692,7 +692,7 @@ impl Drop for Lab {
 }
 
 /// The join code `create` printed as its last line, checked to name `control`.
-fn join_code_of(out: &Finished, control: &str) -> String {
+pub fn join_code_of(out: &Finished, control: &str) -> String {
     let code = out
         .stdout
         .lines()
