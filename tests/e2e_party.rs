@@ -24,6 +24,13 @@ fn join_in_order(lab: &Lab, code: &str, n: usize) -> Vec<(lab::Proc, Joined)> {
     (0..n).map(|i| lab.join(i, code)).collect()
 }
 
+/// m2 (at `ip`) has stopped: its interface is gone and m0 and m1 no longer list it.
+fn assert_m2_gone(lab: &Lab, ip: Ipv4Addr) {
+    assert!(!lab.link_exists(2, "lp0"), "m2's lp0 is still there");
+    wait_peer_gone(lab, 0, ip);
+    wait_peer_gone(lab, 1, ip);
+}
+
 /// Waits until member `i`'s status no longer lists `gone` (whatever its state).
 fn wait_peer_gone(lab: &Lab, i: usize, gone: Ipv4Addr) {
     wait_until(
@@ -207,9 +214,7 @@ fn a_member_that_leaves_disappears_and_its_interface_goes() {
         "m2 should exit 0 after `leave`; stderr: {}",
         lab.stderr(leaver)
     );
-    assert!(!lab.link_exists(2, "lp0"), "m2's lp0 is still there");
-    wait_peer_gone(&lab, 0, ips[2]);
-    wait_peer_gone(&lab, 1, ips[2]);
+    assert_m2_gone(&lab, ips[2]);
     assert!(
         lab.ping_once(0, ips[2]).is_err(),
         "m0 can still ping {} after m2 left",
@@ -278,9 +283,7 @@ fn stopping_on_a_signal_leaves_cleanly(tag: &str, signal: libc::c_int) {
         "m2 should exit 0 on signal {signal}; stderr: {}",
         lab.stderr(victim)
     );
-    assert!(!lab.link_exists(2, "lp0"), "m2's lp0 is still there");
-    wait_peer_gone(&lab, 0, ips[2]);
-    wait_peer_gone(&lab, 1, ips[2]);
+    assert_m2_gone(&lab, ips[2]);
     let state = lab.node(2).state_dir.display().to_string();
     lab::assert_fails(
         &lab.lp(2, &["status", "--state-dir", &state]),
