@@ -148,7 +148,7 @@ impl Server {
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             let now = Instant::now();
             let timeout = self
-                .next_deadline(now)
+                .wake_at(now)
                 .min(next_expire)
                 .saturating_duration_since(now);
             if let Err(e) = poll.poll(&mut events, Some(timeout)) {
@@ -339,11 +339,16 @@ impl Server {
         }
     }
 
-    fn next_deadline(&self, now: Instant) -> Instant {
-        self.conns
-            .values()
-            .filter_map(|c| c.parked.as_ref().map(|p| p.deadline))
-            .min()
-            .unwrap_or(now + IDLE_TIMEOUT)
+    /// When the loop must look again without a socket event: the earliest parked long-poll
+    /// deadline seen by the last scan, a pending liveness save, or the idle-connection check.
+    fn wake_at(&self, now: Instant) -> Instant {
+        let mut at = now + IDLE_TIMEOUT;
+        if let Some((_, earliest)) = self.parked_seen {
+            at = at.min(earliest);
+        }
+        if self.api.liveness_dirty {
+            at = at.min(self.saved_at + LIVENESS_SAVE_EVERY);
+        }
+        at
     }
 }
