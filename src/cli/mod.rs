@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 
 use crate::control::{self, registry, CreatedParty, JoinCode, NewParty};
 use crate::daemon::{self, local_api, MemberOptions};
-use crate::dataplane::tun_device;
+use crate::dataplane::{broadcast, tun_device};
 use crate::failure::Failure;
 use crate::identity::Identity;
 use crate::server::ServerOptions;
@@ -45,13 +45,19 @@ Creates a party and prints its join code as the last line of output.
   --json            print the party as a JSON object";
 
 const HELP_JOIN: &str = "\
-Usage: lanparty-lite join CODE [--name NAME] [--interface IF] [--listen-port PORT] [--mtu N] [--state-dir DIR]
+Usage: lanparty-lite join CODE [--name NAME] [--interface IF] [--listen-port PORT] [--mtu N]
+                          [--broadcast-route] [--broadcast-rate N] [--state-dir DIR]
 
 Joins the party and runs in the foreground until SIGINT/SIGTERM or `lanparty-lite leave`.
   --name NAME         display name (default: the host name)
   --interface IF      party interface name (default lp0)
   --listen-port PORT  UDP port for tunnels (default: any free port)
   --mtu N             interface MTU (default 1420)
+  --broadcast-route   route 255.255.255.255 and multicast (224.0.0.0/4) through the party
+                      interface, for games that broadcast without picking an interface
+                      (this host's other LAN broadcasts then go to the party instead)
+  --broadcast-rate N  broadcast/multicast packets per second sent to the party, and accepted
+                      from each member (default 200; 0 turns LAN discovery off)
   --state-dir DIR     key and socket directory (env LANPARTY_STATE_DIR)";
 
 const HELP_SERVER: &str = "\
@@ -203,8 +209,15 @@ fn default_name() -> String {
 
 fn join(argv: &[String]) -> Result<(), Failure> {
     let spec = Spec {
-        valued: &["name", "interface", "listen-port", "mtu", "state-dir"],
-        switches: &[],
+        valued: &[
+            "name",
+            "interface",
+            "listen-port",
+            "mtu",
+            "broadcast-rate",
+            "state-dir",
+        ],
+        switches: &["broadcast-route"],
         positionals: 1,
         positional_names: &["CODE"],
     };
@@ -224,6 +237,15 @@ fn join(argv: &[String]) -> Result<(), Failure> {
             tun_device::MIN_MTU
         )));
     }
+    let broadcast_rate: u32 = args
+        .parsed("broadcast-rate")?
+        .unwrap_or(broadcast::DEFAULT_RATE_PER_S);
+    if broadcast_rate > broadcast::MAX_RATE_PER_S {
+        return Err(Failure::Input(format!(
+            "--broadcast-rate {broadcast_rate}: must be at most {} packets per second",
+            broadcast::MAX_RATE_PER_S
+        )));
+    }
     let opts = MemberOptions {
         code,
         name,
@@ -231,6 +253,8 @@ fn join(argv: &[String]) -> Result<(), Failure> {
         listen_port: args.parsed("listen-port")?.unwrap_or(0),
         mtu,
         state_dir: state_dir(&args)?,
+        broadcast_rate,
+        broadcast_route: args.switch("broadcast-route"),
     };
     daemon::run(opts)
 }

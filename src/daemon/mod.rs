@@ -15,7 +15,9 @@ use crate::control::{self, JoinCode, JoinRequest};
 use crate::dataplane::{self, peers::PeerTable, socket, tun_device, Command};
 use crate::failure::Failure;
 use crate::identity::{self, Identity};
-use crate::status::{PartyStatus, PeerStatus, SelfStatus, Status};
+use crate::status::{
+    PartyStatus, PeerBroadcastStatus, PeerStatus, SelfBroadcast, SelfStatus, Status,
+};
 use control_loop::{ControlCommand, ControlLoop};
 
 /// Resolved options of `join`.
@@ -33,6 +35,10 @@ pub struct MemberOptions {
     pub mtu: u16,
     /// State directory.
     pub state_dir: PathBuf,
+    /// Broadcast packets per second we send and accept from each peer (0: none).
+    pub broadcast_rate: u32,
+    /// Route 255.255.255.255 and 224.0.0.0/4 through the party interface.
+    pub broadcast_route: bool,
 }
 
 /// Removes the local API socket when the member stops, however it stops.
@@ -81,12 +87,22 @@ impl local_api::Handler for ApiHandler {
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
                     last_handshake_s: p.since_handshake.map(|d| d.as_secs()),
+                    broadcast: PeerBroadcastStatus {
+                        sent: p.broadcast.sent,
+                        received: p.broadcast.received,
+                        dropped: p.broadcast.dropped,
+                    },
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut self_ = self.self_.clone();
+        self_.broadcast.sent = snapshot.broadcast.sent;
+        self_.broadcast.dropped = snapshot.broadcast.dropped;
+        self_.broadcast.received = peers.iter().map(|p| p.broadcast.received).sum();
+        self_.broadcast.dropped_from_peers = peers.iter().map(|p| p.broadcast.dropped).sum();
         Ok(Status {
             party: self.party.clone(),
-            self_: self.self_.clone(),
+            self_,
             peers,
         })
     }
@@ -174,12 +190,16 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
     );
     let tun = tun_device::create(&opts.interface, member.virtual_ip, roster.subnet, opts.mtu)
         .map_err(|e| Failure::System(e.0))?;
-    let (dp, dp_thread) = dataplane::spawn(
-        tun,
-        udp,
-        PeerTable::new(identity.secret.clone(), member.virtual_ip, roster.subnet),
-    )
-    .map_err(system("data plane"))?;
+    if opts.broadcast_route {
+        tun_device::add_broadcast_routes(&opts.interface).map_err(|e| Failure::System(e.0))?;
+    }
+    let table = PeerTable::new(
+        identity.secret.clone(),
+        member.virtual_ip,
+        roster.subnet,
+        opts.broadcast_rate,
+    );
+    let (dp, dp_thread) = dataplane::spawn(tun, udp, table).map_err(system("data plane"))?;
     let _ = dp.send(Command::SyncPeers(control_loop::peer_configs(&roster)));
 
     let (events_tx, events) = crossbeam_channel::unbounded();
@@ -198,6 +218,11 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
             virtual_ip: member.virtual_ip,
             interface: opts.interface.clone(),
             listen_port: port,
+            broadcast: SelfBroadcast {
+                route: opts.broadcast_route,
+                rate_limit: opts.broadcast_rate,
+                ..SelfBroadcast::default()
+            },
         },
     };
     local_api::serve(listener, handler).map_err(system("local api thread"))?;
