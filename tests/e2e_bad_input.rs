@@ -82,6 +82,8 @@ fn invalid_join_options_exit_3_before_anything_changes() {
         (&["--interface", "much-too-long-name0"], "interface name"),
         (&["--interface", "bad/name"], "interface name"),
         (&["--listen-port", "70000"], "--listen-port"),
+        (&["--broadcast-rate", "-1"], "--broadcast-rate"),
+        (&["--broadcast-rate", "1000000"], "--broadcast-rate"),
     ] {
         let mut argv = vec!["join", &code, "--state-dir", &state];
         argv.extend_from_slice(args);

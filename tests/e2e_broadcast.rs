@@ -265,3 +265,33 @@ fn a_lan_game_lobby_announced_by_broadcast_is_found_and_joined_through_the_tunne
     );
     lab.wait_line(host, &format!("m1 joined from {}", ips[1]), ARRIVAL);
 }
+
+/// The route `ip route get DST` picks in member `i`'s namespace, e.g. `broadcast 255.255.255.255 dev lp0 …`.
+fn route_to(lab: &Lab, i: usize, dst: &str) -> String {
+    lab.exec(i, &["ip", "route", "get", dst])
+        .expect_success()
+        .stdout
+}
+
+#[test]
+fn the_broadcast_route_wins_while_the_member_runs_and_leaves_with_it() {
+    let lab = Lab::new("bcrt", 1);
+    let code = lab.create_party(&[]);
+    // Another interface already has a multicast route, as some hosts do.
+    lab.exec(0, &["ip", "route", "add", "224.0.0.0/4", "dev", "eth0"])
+        .expect_success();
+    let member = lab.spawn_join(0, &code, &["--broadcast-route"]);
+    lab.wait_joined(member);
+    for dst in ["255.255.255.255", "239.1.2.3"] {
+        let route = route_to(&lab, 0, dst);
+        assert!(route.contains("dev lp0"), "{dst}: {route}");
+    }
+    lab.signal(member, libc::SIGTERM);
+    assert!(lab.wait_exit(member, ARRIVAL).is_some_and(|s| s.success()));
+    assert!(
+        route_to(&lab, 0, "239.1.2.3").contains("dev eth0"),
+        "the old route is back"
+    );
+    let gone = lab.exec(0, &["ip", "route", "get", "255.255.255.255"]);
+    assert!(!gone.stdout.contains("lp0"), "{}", gone.stdout);
+}
