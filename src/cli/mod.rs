@@ -47,8 +47,11 @@ Creates a party and prints its join code as the last line of output.
 const HELP_JOIN: &str = "\
 Usage: lanparty-lite join CODE [--name NAME] [--interface IF] [--listen-port PORT] [--mtu N]
                           [--broadcast-route] [--broadcast-rate N] [--state-dir DIR]
+                          [--background] [--replace] [--syslog]
 
 Joins the party and runs in the foreground until SIGINT/SIGTERM or `lanparty-lite leave`.
+Creates the key pair on first use. Safe to run again (from cron): if this party already runs
+with the state directory, it says so and exits 0.
   --name NAME         display name (default: the host name)
   --interface IF      party interface name (default lp0)
   --listen-port PORT  UDP port for tunnels (default: any free port)
@@ -58,7 +61,12 @@ Joins the party and runs in the foreground until SIGINT/SIGTERM or `lanparty-lit
                       (this host's other LAN broadcasts then go to the party instead)
   --broadcast-rate N  broadcast/multicast packets per second sent to the party, and accepted
                       from each member (default 200; 0 turns LAN discovery off)
-  --state-dir DIR     key and socket directory (env LANPARTY_STATE_DIR)";
+  --state-dir DIR     key and socket directory (env LANPARTY_STATE_DIR)
+  --background        detach (own session; output to member.log in the state directory) and
+                      return once the member is up, or failed with its reason and exit code
+  --replace           if a member of another party runs with the state directory, make it
+                      leave first (without: exit 8)
+  --syslog            log to the system log (/dev/log) instead of standard error";
 
 const HELP_SERVER: &str = "\
 Usage: lanparty-lite server --listen ADDR:PORT [--state-dir DIR] [--max-parties N] [--max-peers N] [--rate-limit N]
@@ -104,6 +112,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
     let Some((command, rest)) = argv.split_first() else {
         return Err(Failure::Usage(USAGE.into()));
     };
+    crate::logging::init(command == "join" && rest.iter().any(|a| a == "--syslog"));
     let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
     let help = match command.as_str() {
         "-h" | "--help" | "help" => Some(USAGE),
@@ -217,7 +226,7 @@ fn join(argv: &[String]) -> Result<(), Failure> {
             "broadcast-rate",
             "state-dir",
         ],
-        switches: &["broadcast-route"],
+        switches: &["broadcast-route", "background", "replace", "syslog"],
         positionals: 1,
         positional_names: &["CODE"],
     };
@@ -255,7 +264,13 @@ fn join(argv: &[String]) -> Result<(), Failure> {
         state_dir: state_dir(&args)?,
         broadcast_rate,
         broadcast_route: args.switch("broadcast-route"),
+        replace: args.switch("replace"),
     };
+    if args.switch("background") {
+        let mut member_argv = vec!["join".to_string()];
+        member_argv.extend(argv.iter().filter(|a| *a != "--background").cloned());
+        return daemon::background::start(&opts, &member_argv);
+    }
     daemon::run(opts)
 }
 

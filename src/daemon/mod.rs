@@ -1,8 +1,10 @@
 //! A running member: wires identity, control plane, tun, data plane, control thread, local API
 //! and signals together, and takes them down in order.
 
+pub mod background;
 pub mod control_loop;
 pub mod local_api;
+pub mod running;
 pub mod signals;
 
 use std::io;
@@ -19,6 +21,10 @@ use crate::status::{
     PartyStatus, PeerBroadcastStatus, PeerStatus, SelfBroadcast, SelfStatus, Status,
 };
 use control_loop::{ControlCommand, ControlLoop};
+
+/// How long stopping waits for the control plane to confirm that we left; with tearing
+/// down the interface, a member stops within 2 s of SIGTERM.
+const LEAVE_GRACE: Duration = Duration::from_millis(1500);
 
 /// Resolved options of `join`.
 #[derive(Debug, Clone)]
@@ -39,6 +45,8 @@ pub struct MemberOptions {
     pub broadcast_rate: u32,
     /// Route 255.255.255.255 and 224.0.0.0/4 through the party interface.
     pub broadcast_route: bool,
+    /// Make a member of another party running with this state directory leave first.
+    pub replace: bool,
 }
 
 /// Removes the local API socket when the member stops, however it stops.
@@ -147,8 +155,14 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         Failure::System(format!("state directory {}: {e}", opts.state_dir.display()))
     })?;
     // The socket first: a second `join` on this state dir must change nothing.
-    let (listener, socket_path, _member_lock) = local_api::bind(&opts.state_dir)?;
+    let Some((listener, socket_path, _member_lock)) = claim_state_dir(&opts)? else {
+        return Ok(());
+    };
     let _remove_socket = RemoveOnDrop(socket_path);
+    let pid_path = opts.state_dir.join(running::PID_FILE);
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(|e| Failure::System(format!("{}: {e}", pid_path.display())))?;
+    let _remove_pid = RemoveOnDrop(pid_path);
     let (identity, created) = Identity::load_or_create(&opts.state_dir)
         .map_err(|e| Failure::System(format!("state directory: {e}")))?;
     if created {
@@ -251,18 +265,70 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         endpoints: Box::new(endpoints),
         dataplane: dp.clone(),
     };
-    let control_thread = std::thread::Builder::new()
+    let (left_tx, left) = crossbeam_channel::bounded::<()>(1);
+    std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || control_loop.run(control_rx, roster))
+        .spawn(move || {
+            control_loop.run(control_rx, roster);
+            let _ = left_tx.send(());
+        })
         .map_err(system("control thread"))?;
 
     println!("joined as {} ({})", member.name, member.virtual_ip);
     let result = wait_for_stop(&events);
     let _ = control_tx.send(ControlCommand::Shutdown);
     let _ = dp.send(Command::Shutdown);
-    let _ = control_thread.join();
+    // Leaving is best effort: an unreachable control plane must not keep the member (and its
+    // interface) around; the control plane expires a member that stopped heartbeating.
+    if left.recv_timeout(LEAVE_GRACE).is_err() {
+        log::warn!(
+            "could not leave the party within {LEAVE_GRACE:?}; the control plane will expire this member"
+        );
+    }
     let _ = dp_watch.join();
     result
+}
+
+/// Takes the state directory for this member: `None` (after saying so) when the same party
+/// already runs here, so a repeated `join` from cron is a no-op. Another party is refused,
+/// or asked to leave first with `--replace`.
+pub fn settle_running(opts: &MemberOptions) -> Result<Option<()>, Failure> {
+    let status = running::find(&opts.state_dir)?;
+    match running::decide(status.as_ref(), &opts.code, opts.replace) {
+        running::Decision::Start => Ok(Some(())),
+        running::Decision::AlreadyUp(message) => {
+            match running::pid(&opts.state_dir) {
+                Some(pid) => println!("{message}, pid {pid}"),
+                None => println!("{message}"),
+            }
+            Ok(None)
+        }
+        running::Decision::Replace => {
+            log::info!("--replace: asking the running member to leave");
+            running::stop(&opts.state_dir)?;
+            Ok(Some(()))
+        }
+        running::Decision::Refuse(message) => Err(Failure::AlreadyRunning(message)),
+    }
+}
+
+type Claimed = (std::os::unix::net::UnixListener, PathBuf, std::fs::File);
+
+fn claim_state_dir(opts: &MemberOptions) -> Result<Option<Claimed>, Failure> {
+    // Twice: a member that started between our check and our bind (two cron runs at once)
+    // gets the same treatment as one that was already running.
+    for _ in 0..2 {
+        if settle_running(opts)?.is_none() {
+            return Ok(None);
+        }
+        if let Some(claimed) = local_api::bind(&opts.state_dir)? {
+            return Ok(Some(claimed));
+        }
+    }
+    Err(Failure::System(format!(
+        "another member keeps starting with state directory {}",
+        opts.state_dir.display()
+    )))
 }
 
 fn wait_for_stop(events: &crossbeam_channel::Receiver<Event>) -> Result<(), Failure> {
