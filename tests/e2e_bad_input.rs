@@ -465,7 +465,8 @@ fn second_join_with_the_same_state_dir_changes_nothing_and_the_running_member_st
     let out = lab.lp(0, &["join", &code, "--name", "m0", "--state-dir", &state]);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(
-        out.stdout.starts_with("already running: party \"lan-night\""),
+        out.stdout
+            .starts_with("already running: party \"lan-night\""),
         "{}",
         out.stdout
     );

@@ -189,3 +189,34 @@ fn sigterm_stops_within_two_seconds_and_sigkill_then_join_keeps_the_address() {
     assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
     assert!(pidfile(&lab, 0).is_none());
 }
+
+#[test]
+fn a_config_file_can_ask_for_the_background_and_the_member_still_runs_once() {
+    let lab = Lab::new("bgconf", 1);
+    let code = lab.create_party(&[]);
+    let conf = lab.dir().join("lanparty-lite.conf");
+    let state = lab.node(0).state_dir.display().to_string();
+    fs::write(
+        &conf,
+        format!("[join]\nbackground = true\nname = router\nstate-dir = {state}\n"),
+    )
+    .unwrap();
+    let out = lab.lp(0, &["join", &code, "--config", &conf.display().to_string()]);
+    if let Some(pid) = pidfile(&lab, 0) {
+        lab.adopt(pid);
+    }
+    let out = out.expect_success();
+    assert!(
+        out.stdout
+            .starts_with("joined as router (10.66.0.1); running in the background"),
+        "{}",
+        out.stdout
+    );
+    let pid = pidfile(&lab, 0).unwrap();
+    assert!(running(pid));
+    let members = fs::read_to_string(lab.registry())
+        .unwrap()
+        .matches("\"router\"")
+        .count();
+    assert_eq!(members, 1, "one member, not a chain of background starts");
+}

@@ -2,6 +2,7 @@
 //! and runs the command.
 
 pub mod args;
+pub mod config;
 
 use std::path::PathBuf;
 
@@ -107,12 +108,67 @@ const STATE_ONLY: Spec = Spec {
     positional_names: &[],
 };
 
+const CREATE: Spec = Spec {
+    valued: &["control", "subnet", "max-peers"],
+    switches: &["json"],
+    positionals: 1,
+    positional_names: &["NAME"],
+};
+
+const JOIN: Spec = Spec {
+    valued: &[
+        "name",
+        "interface",
+        "listen-port",
+        "mtu",
+        "broadcast-rate",
+        "state-dir",
+    ],
+    switches: &["broadcast-route", "background", "replace", "syslog"],
+    positionals: 1,
+    positional_names: &["CODE"],
+};
+
+const SERVER: Spec = Spec {
+    valued: &[
+        "listen",
+        "state-dir",
+        "max-parties",
+        "max-peers",
+        "rate-limit",
+        "relay-secret-file",
+    ],
+    switches: &[],
+    positionals: 0,
+    positional_names: &[],
+};
+
+const STATUS: Spec = Spec {
+    valued: &["state-dir"],
+    switches: &["json"],
+    positionals: 0,
+    positional_names: &[],
+};
+
+/// Every command's flags: what a configuration file section may set.
+const COMMANDS: &[(&str, &Spec)] = &[
+    ("server", &SERVER),
+    ("create", &CREATE),
+    ("join", &JOIN),
+    ("status", &STATUS),
+    ("leave", &STATE_ONLY),
+    ("keygen", &STATE_ONLY),
+    ("pubkey", &STATE_ONLY),
+];
+
 /// Runs the command line `argv` (without the program name).
 pub fn run(argv: &[String]) -> Result<(), Failure> {
     let Some((command, rest)) = argv.split_first() else {
         return Err(Failure::Usage(USAGE.into()));
     };
-    crate::logging::init(command == "join" && rest.iter().any(|a| a == "--syslog"));
+    if command != "join" {
+        crate::logging::init(false);
+    }
     let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
     let help = match command.as_str() {
         "-h" | "--help" | "help" => Some(USAGE),
@@ -153,7 +209,8 @@ fn state_dir(args: &Args) -> Result<PathBuf, Failure> {
 }
 
 fn keygen(argv: &[String], create: bool) -> Result<(), Failure> {
-    let args = Args::parse(if create { "keygen" } else { "pubkey" }, argv, &STATE_ONLY)?;
+    let command = if create { "keygen" } else { "pubkey" };
+    let args = Args::load(command, argv, &STATE_ONLY, COMMANDS)?;
     let dir = state_dir(&args)?;
     let identity = if create {
         Identity::load_or_create(&dir).map(|(id, _)| id)
@@ -166,13 +223,7 @@ fn keygen(argv: &[String], create: bool) -> Result<(), Failure> {
 }
 
 fn create(argv: &[String]) -> Result<(), Failure> {
-    let spec = Spec {
-        valued: &["control", "subnet", "max-peers"],
-        switches: &["json"],
-        positionals: 1,
-        positional_names: &["NAME"],
-    };
-    let args = Args::parse("create", argv, &spec)?;
+    let args = Args::load("create", argv, &CREATE, COMMANDS)?;
     let control_url = args.value("control").ok_or_else(|| {
         Failure::Usage("create: --control URL is required (e.g. file:/tmp/registry.json)".into())
     })?;
@@ -217,20 +268,8 @@ fn default_name() -> String {
 }
 
 fn join(argv: &[String]) -> Result<(), Failure> {
-    let spec = Spec {
-        valued: &[
-            "name",
-            "interface",
-            "listen-port",
-            "mtu",
-            "broadcast-rate",
-            "state-dir",
-        ],
-        switches: &["broadcast-route", "background", "replace", "syslog"],
-        positionals: 1,
-        positional_names: &["CODE"],
-    };
-    let args = Args::parse("join", argv, &spec)?;
+    let args = Args::load("join", argv, &JOIN, COMMANDS)?;
+    crate::logging::init(args.switch("syslog"));
     let code = JoinCode::parse(&args.positionals[0]).map_err(|e| Failure::Input(e.to_string()))?;
     let name = args.value("name").map_or_else(default_name, String::from);
     registry::validate_name(&name).map_err(|e| Failure::Input(format!("--name: {e}")))?;
@@ -275,20 +314,7 @@ fn join(argv: &[String]) -> Result<(), Failure> {
 }
 
 fn server(argv: &[String]) -> Result<(), Failure> {
-    let spec = Spec {
-        valued: &[
-            "listen",
-            "state-dir",
-            "max-parties",
-            "max-peers",
-            "rate-limit",
-            "relay-secret-file",
-        ],
-        switches: &[],
-        positionals: 0,
-        positional_names: &[],
-    };
-    let args = Args::parse("server", argv, &spec)?;
+    let args = Args::load("server", argv, &SERVER, COMMANDS)?;
     let listen = args.parsed("listen")?.ok_or_else(|| {
         Failure::Usage("server: --listen ADDR:PORT is required (e.g. 0.0.0.0:7777)".into())
     })?;
@@ -335,13 +361,7 @@ fn read_relay_secret(path: &str) -> Result<Vec<u8>, Failure> {
 }
 
 fn show_status(argv: &[String]) -> Result<(), Failure> {
-    let spec = Spec {
-        valued: &["state-dir"],
-        switches: &["json"],
-        positionals: 0,
-        positional_names: &[],
-    };
-    let args = Args::parse("status", argv, &spec)?;
+    let args = Args::load("status", argv, &STATUS, COMMANDS)?;
     let line = local_api::call(&state_dir(&args)?, local_api::Request::Status)?;
     let status: Status = serde_json::from_str(&line)
         .map_err(|e| Failure::System(format!("unexpected status from the member: {e}")))?;
@@ -357,7 +377,7 @@ fn show_status(argv: &[String]) -> Result<(), Failure> {
 }
 
 fn leave(argv: &[String]) -> Result<(), Failure> {
-    let args = Args::parse("leave", argv, &STATE_ONLY)?;
+    let args = Args::load("leave", argv, &STATE_ONLY, COMMANDS)?;
     let dir = state_dir(&args)?;
     local_api::call(&dir, local_api::Request::Leave)?;
     // Return once the member is gone, so `leave && join` works.

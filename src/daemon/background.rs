@@ -42,6 +42,8 @@ pub fn start(opts: &MemberOptions, member_argv: &[String]) -> Result<(), Failure
     let mut command = Command::new(exe);
     command
         .args(member_argv)
+        // The member runs in the foreground, whatever the environment or config file say.
+        .env("LANPARTY_BACKGROUND", "false")
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(log_failure(&log_path))?)
         .stderr(log);

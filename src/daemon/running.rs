@@ -82,10 +82,12 @@ pub fn find(state_dir: &Path) -> Result<Option<Status>, Failure> {
         });
         match answer {
             Ok(status) => return Ok(Some(status)),
-            Err(e) if Instant::now() >= give_up => return Err(Failure::System(format!(
+            Err(e) if Instant::now() >= give_up => {
+                return Err(Failure::System(format!(
                 "a member holds {} but does not answer ({e}); stop it or use another --state-dir",
                 state_dir.join(LOCK_FILE).display()
-            ))),
+            )))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
