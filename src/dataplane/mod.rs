@@ -27,8 +27,17 @@ use udp_offload::TxBatch;
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
 const WAKER: Token = Token(2);
-/// How often WireGuard timers run (boringtun wants about 250 ms).
+/// How often WireGuard timers run while packets flow (boringtun wants about 250 ms).
 pub const TIMER_TICK: Duration = Duration::from_millis(250);
+/// How often they run when no packet moved since the last run: WireGuard's timers are whole
+/// seconds (keepalive 25 s, handshake retry 5 s, rekey 120 s), so an idle member wakes up
+/// once a second instead of four times.
+pub const IDLE_TIMER_TICK: Duration = Duration::from_secs(1);
+
+/// The next timer run after one at `now`, given whether packets moved since the last one.
+fn next_timer_run(now: Instant, active: bool) -> Instant {
+    now + if active { TIMER_TICK } else { IDLE_TIMER_TICK }
+}
 
 /// Messages to the data plane thread.
 pub enum Command {
@@ -136,6 +145,7 @@ fn run(
     log::debug!("UDP GRO {}", if gro { "on" } else { "off" });
     let mut now = Instant::now();
     let mut next_tick = now;
+    let mut active = true;
     loop {
         if now >= next_tick {
             let mut io = LoopIo {
@@ -143,9 +153,10 @@ fn run(
                 batch: &mut batch,
                 tun: &tun,
             };
-            table.update_timers(&mut io);
+            table.update_timers(now, &mut io);
             batch.flush(udp_fd);
-            next_tick = now + TIMER_TICK;
+            next_tick = next_timer_run(now, active);
+            active = false;
         }
         match poll.poll(&mut events, Some(next_tick.saturating_duration_since(now))) {
             Ok(()) => {}
@@ -162,6 +173,7 @@ fn run(
                 batch: &mut batch,
                 tun: &tun,
             };
+            active |= matches!(event.token(), TUN | UDP);
             match event.token() {
                 TUN => loop {
                     match tun.recv(&mut buf) {
@@ -202,5 +214,17 @@ fn run(
             }
             batch.flush(udp_fd);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_run_four_times_a_second_with_traffic_and_once_when_idle() {
+        let now = Instant::now();
+        assert_eq!(next_timer_run(now, true), now + Duration::from_millis(250));
+        assert_eq!(next_timer_run(now, false), now + Duration::from_secs(1));
     }
 }

@@ -31,8 +31,8 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 /// Handshake messages per second (all peers together) before cookies are demanded
 /// (WireGuard whitepaper §5.3, boringtun's limiter).
 const HANDSHAKES_PER_SECOND: u64 = 100;
-/// The limiter counts per second; `update_timers` runs every 250 ms.
-const TICKS_PER_LIMITER_RESET: u32 = 4;
+/// The limiter counts handshakes per this period.
+const LIMITER_PERIOD: Duration = Duration::from_secs(1);
 /// IGMP: group membership reports are about the link they are sent on, not the party's.
 const IP_PROTO_IGMP: u8 = 2;
 
@@ -129,7 +129,7 @@ pub struct PeerTable {
     own_ip: Ipv4Addr,
     subnet: Ipv4Net,
     limiter: Arc<RateLimiter>,
-    ticks: u32,
+    limiter_reset_at: Option<Instant>,
     peers: HashMap<u32, Peer>,
     by_ip: HashMap<Ipv4Addr, u32>,
     by_key: HashMap<Key, u32>,
@@ -156,7 +156,7 @@ impl PeerTable {
         let public = PublicKey::from(&secret);
         PeerTable {
             limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
-            ticks: 0,
+            limiter_reset_at: None,
             own_ip,
             subnet,
             secret,
@@ -404,11 +404,14 @@ impl PeerTable {
         self.by_key.get(&Key(half.peer_static_public)).copied()
     }
 
-    /// Runs WireGuard's timers (call about every 250 ms): handshakes, keepalives, rekeys.
-    pub fn update_timers(&mut self, io: &mut impl Io) {
-        self.ticks += 1;
-        if self.ticks >= TICKS_PER_LIMITER_RESET {
-            self.ticks = 0;
+    /// Runs WireGuard's timers (every 250 ms while traffic flows, every second or so when
+    /// idle): handshakes, keepalives, rekeys; and resets the handshake limiter once a second.
+    pub fn update_timers(&mut self, now: Instant, io: &mut impl Io) {
+        if self
+            .limiter_reset_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= LIMITER_PERIOD)
+        {
+            self.limiter_reset_at = Some(now);
             self.limiter.reset_count();
         }
         for peer in self.peers.values_mut() {
