@@ -2,6 +2,7 @@
 //! and runs the command.
 
 pub mod args;
+mod relay;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,7 @@ Usage: lanparty-lite COMMAND [OPTIONS]
 
 Commands:
   server --listen ADDR:PORT   run the control server members join through
+  relay --listen ADDR:PORT    run a relay for members whose NATs cannot meet directly
   create NAME --control URL   create a party and print its join code
   join CODE                   join a party and run the member in the foreground
   status                      show the running member and its peers
@@ -106,6 +108,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
             return Ok(());
         }
         "server" => Some(HELP_SERVER),
+        "relay" => Some(relay::HELP),
         "create" => Some(HELP_CREATE),
         "join" => Some(HELP_JOIN),
         "status" => Some(HELP_STATUS),
@@ -124,6 +127,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
     }
     match command.as_str() {
         "server" => server(rest),
+        "relay" => relay::relay(rest),
         "create" => create(rest),
         "join" => join(rest),
         "status" => show_status(rest),
