@@ -14,6 +14,8 @@ pub mod client;
 pub mod core;
 pub mod register;
 pub mod run;
+#[cfg(test)]
+mod sim;
 pub mod ticket;
 
 use std::net::SocketAddr;
