@@ -357,3 +357,25 @@ fn the_counters_read_as_one_line_for_people() {
     assert!(line.contains("2 rate limited"), "{line}");
     assert!(!line.contains('\n'));
 }
+
+#[test]
+fn a_bind_built_independently_from_the_protocol_document_is_accepted() {
+    // fuzz/corpus/relay_frame/bind_valid was written by a Python script from the formats in
+    // docs/PROTOCOL.md (secret 32 x 0x5A, clock 1_800_000_000_000 ms), not by this code.
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/corpus/relay_frame/bind_valid"
+    );
+    let mut bind = std::fs::read(seed).unwrap();
+    let at = Instant::now();
+    let now = Now {
+        at,
+        unix_ms: 1_800_000_000_000,
+    };
+    let mut relay = Relay::new(Config::default(), &[0x5A; 32], now);
+    let out = relay
+        .handle_datagram(addr("192.0.2.1:4000"), &mut bind, now)
+        .expect("answered");
+    assert_eq!(out.payload[0], crate::wire::relay::BOUND);
+    assert_eq!(relay.clients(), 1);
+}

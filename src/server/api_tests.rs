@@ -1189,12 +1189,19 @@ fn a_member_gets_a_ten_minute_relay_ticket_that_a_relay_with_the_secret_accepts(
     assert_eq!(ticket.expires_at, reply.expires_at);
     let relay = RelaySecret::new(RELAY_SECRET);
     assert!(relay.verify(&ticket));
-    let bind_key: [u8; 32] = STANDARD.decode(&reply.bind_key).unwrap().try_into().unwrap();
+    let bind_key: [u8; 32] = STANDARD
+        .decode(&reply.bind_key)
+        .unwrap()
+        .try_into()
+        .unwrap();
     assert!(relay
         .bind_key(&bytes)
         .verify(b"bind", &BindKey::new(bind_key).tag(b"bind")));
     let other = RelaySecret::new(b"another relay secret of 32 bytes!!");
-    assert!(!other.verify(&ticket), "only relays with the secret accept it");
+    assert!(
+        !other.verify(&ticket),
+        "only relays with the secret accept it"
+    );
 }
 
 #[test]
