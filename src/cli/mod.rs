@@ -65,7 +65,8 @@ Runs the control server (HTTP/1.1 JSON API under /v1/) in the foreground until S
   --max-parties N     most parties at once (default 1000)
   --max-peers N       most members per party (default 64)
   --rate-limit N      requests per second per source address, bursts of 2N (default 20; 0: off)
-  --relay-secret-file FILE  secret shared with relays (>= 32 characters); enables relay registration";
+  --relay-secret-file FILE  secret shared with relays (>= 32 characters); enables relay
+                            registration and relay tickets";
 
 const HELP_STATUS: &str = "\
 Usage: lanparty-lite status [--json] [--state-dir DIR]
