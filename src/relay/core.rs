@@ -340,8 +340,8 @@ impl Relay {
             .get(ticket.party)
             .map(|(no, _)| (*no, ticket.member))
             .filter(|k| self.bindings.contains_key(k));
-        if let Some(k) = existing {
-            if self.bindings[&k].last_timestamp_ms >= timestamp_ms {
+        if let Some(binding) = existing.and_then(|k| self.bindings.get(&k)) {
+            if binding.last_timestamp_ms >= timestamp_ms {
                 self.counters.dropped_replay += 1;
                 return None;
             }

@@ -112,9 +112,10 @@ pub fn run(opts: RelayOptions) -> Result<(), Failure> {
     let mut relay = Relay::new(opts.config, &opts.secret, now());
     let result = serve(&mut poll, &mut socket, &mut relay, &stop, &report, &tx);
     let _ = tx.send(Message::Shutdown);
-    log_stats(&relay, 0);
+    let send_errors = result.map_err(|e| Failure::System(format!("relay loop: {e}")))?;
+    log_stats(&relay, send_errors);
     log::info!("relay stopped");
-    result.map_err(|e| Failure::System(format!("relay loop: {e}")))
+    Ok(())
 }
 
 fn log_stats(relay: &Relay, send_errors: u64) {
@@ -126,6 +127,7 @@ fn log_stats(relay: &Relay, send_errors: u64) {
     );
 }
 
+/// The loop: until a stop signal, drain the socket through the core and run its timers.
 fn serve(
     poll: &mut Poll,
     socket: &mut UdpSocket,
@@ -133,7 +135,7 @@ fn serve(
     stop: &AtomicBool,
     report: &AtomicBool,
     tx: &crossbeam_channel::Sender<Message>,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; 65_536];
     let mut clients_told = 0usize;
@@ -195,5 +197,5 @@ fn serve(
             }
         }
     }
-    Ok(())
+    Ok(send_errors)
 }
