@@ -55,8 +55,22 @@ code=$("$bin" create "game-night" --control "file:$work/registry.json" | tail -n
 echo "join code: $code"
 for i in $(seq 1 "$members"); do
     ip netns exec "$tag-m$i" "$bin" join "$code" --name "player$i" --state-dir "$work/player$i" \
-        >"$work/player$i.log" 2>&1 &
+        --broadcast-route >"$work/player$i.log" 2>&1 &
     pids+=("$!")
+done
+
+# Members join at once, so addresses are handed out in any order: read each one's.
+vip=()
+for i in $(seq 1 "$members"); do
+    for _ in $(seq 1 100); do
+        line=$(grep -m1 "^joined as " "$work/player$i.log" 2>/dev/null || true)
+        [ -n "$line" ] && break
+        kill -0 "${pids[$((i - 1))]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    addr=$(sed -n 's/^joined as .* (\(.*\))$/\1/p' <<<"$line")
+    [ -n "$addr" ] || { echo "player$i did not join; log:"; cat "$work/player$i.log"; exit 1; }
+    vip[i]=$addr
 done
 
 echo "waiting for tunnels..."
@@ -64,22 +78,30 @@ for i in $(seq 1 "$members"); do
     for j in $(seq 1 "$members"); do
         [ "$i" = "$j" ] && continue
         for _ in $(seq 1 50); do
-            ip netns exec "$tag-m$i" ping -c 1 -W 1 "10.66.0.$j" >/dev/null 2>&1 && break
+            ip netns exec "$tag-m$i" ping -c 1 -W 1 "${vip[j]}" >/dev/null 2>&1 && break
             sleep 0.2
         done
-        if ip netns exec "$tag-m$i" ping -c 3 -i 0.2 -W 1 "10.66.0.$j" >"$work/ping" 2>&1; then
-            echo "player$i -> player$j (10.66.0.$j): $(tail -n 1 "$work/ping")"
+        if ip netns exec "$tag-m$i" ping -c 3 -i 0.2 -W 1 "${vip[j]}" >"$work/ping" 2>&1; then
+            echo "player$i -> player$j (${vip[j]}): $(tail -n 1 "$work/ping")"
         else
-            echo "player$i -> player$j (10.66.0.$j): FAILED; log:"; tail -n 5 "$work/player$i.log"
+            echo "player$i -> player$j (${vip[j]}): FAILED; log:"; tail -n 5 "$work/player$i.log"
             exit 1
         fi
     done
 done
 echo
+echo "LAN game discovery: player1 hosts a lobby announced by broadcast, player2 looks for it"
+ip netns exec "$tag-m1" python3 scripts/lan-lobby.py host "friday-ctf" >"$work/lobby.log" 2>&1 &
+pids+=("$!")
+if ! ip netns exec "$tag-m2" python3 scripts/lan-lobby.py client --wait 10 --player player2; then
+    echo "lobby discovery FAILED; host log:"; cat "$work/lobby.log"
+    exit 1
+fi
+echo
 "$bin" status --state-dir "$work/player1"
 echo
 echo "members run in namespaces: $(printf '%s ' "${namespaces[@]:1}")"
-echo "e.g.: ip netns exec $tag-m1 ping 10.66.0.2"
+echo "e.g.: ip netns exec $tag-m1 ping ${vip[2]}"
 if [ -n "${PARTY_SECONDS:-}" ]; then
     sleep "$PARTY_SECONDS"
 else

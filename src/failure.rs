@@ -19,6 +19,10 @@ pub enum Failure {
     Network(String),
     /// No member is running for this state directory: exit 7.
     NotRunning(String),
+    /// A member of another party runs with this state directory: exit 8.
+    AlreadyRunning(String),
+    /// A background member failed to start with this exit code and message.
+    Background(u8, String),
 }
 
 impl Failure {
@@ -31,6 +35,8 @@ impl Failure {
             Failure::System(_) => 5,
             Failure::Network(_) => 6,
             Failure::NotRunning(_) => 7,
+            Failure::AlreadyRunning(_) => 8,
+            Failure::Background(code, _) => *code,
         }
     }
 }
@@ -42,7 +48,9 @@ impl fmt::Display for Failure {
             | Failure::Input(m)
             | Failure::System(m)
             | Failure::Network(m)
-            | Failure::NotRunning(m) => f.write_str(m),
+            | Failure::NotRunning(m)
+            | Failure::AlreadyRunning(m)
+            | Failure::Background(_, m) => f.write_str(m),
             Failure::Control(e) => write!(f, "{e}"),
         }
     }

@@ -14,6 +14,7 @@ pub mod failure;
 #[doc(hidden)]
 pub mod fuzz_entry;
 pub mod identity;
+pub mod logging;
 pub mod random;
 pub mod relay;
 pub mod server;

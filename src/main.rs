@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     match lanparty_lite::cli::run(&argv) {
         Ok(()) => ExitCode::SUCCESS,

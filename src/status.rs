@@ -43,6 +43,37 @@ pub struct SelfStatus {
     pub interface: String,
     /// UDP port of the data plane socket.
     pub listen_port: u16,
+    /// LAN broadcast and multicast of this member.
+    #[serde(default)]
+    pub broadcast: SelfBroadcast,
+}
+
+/// This member's LAN broadcast and multicast.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfBroadcast {
+    /// Whether 255.255.255.255 and 224.0.0.0/4 are routed through the party interface.
+    pub route: bool,
+    /// Packets per second sent, and accepted from each peer.
+    pub rate_limit: u32,
+    /// Broadcast packets this member sent to the party (each to every peer).
+    pub sent: u64,
+    /// Broadcast packets from peers written to the interface.
+    pub received: u64,
+    /// Our own broadcast packets dropped over the rate limit.
+    pub dropped: u64,
+    /// Broadcast packets from peers dropped (over the rate limit or duplicates).
+    pub dropped_from_peers: u64,
+}
+
+/// LAN broadcast and multicast exchanged with one peer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerBroadcastStatus {
+    /// Copies of our broadcasts sent to this peer.
+    pub sent: u64,
+    /// Broadcasts from this peer written to the interface.
+    pub received: u64,
+    /// Broadcasts from this peer dropped (over the rate limit or duplicates).
+    pub dropped: u64,
 }
 
 /// One peer.
@@ -70,6 +101,9 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Seconds since the last completed handshake.
     pub last_handshake_s: Option<u64>,
+    /// LAN broadcast and multicast with this peer.
+    #[serde(default)]
+    pub broadcast: PeerBroadcastStatus,
 }
 
 fn or_dash<T: ToString>(value: &Option<T>) -> String {
@@ -92,11 +126,23 @@ pub fn render_table(status: &Status) -> String {
         status.self_.listen_port
     );
     let _ = writeln!(out, "key     {}", status.self_.public_key);
+    let b = &status.self_.broadcast;
+    let _ = writeln!(
+        out,
+        "lan     broadcast sent {}, received {}, dropped {} ours + {} from peers; \
+         limit {}/s, route {}",
+        b.sent,
+        b.received,
+        b.dropped,
+        b.dropped_from_peers,
+        b.rate_limit,
+        if b.route { "on" } else { "off" }
+    );
     if status.peers.is_empty() {
         let _ = writeln!(out, "\nno peers yet");
         return out;
     }
-    let rows: Vec<[String; 8]> = status
+    let rows: Vec<[String; 9]> = status
         .peers
         .iter()
         .map(|p| {
@@ -111,6 +157,7 @@ pub fn render_table(status: &Status) -> String {
                 p.last_handshake_s
                     .map_or_else(|| "-".into(), |s| format!("{s}s ago")),
                 format!("{}/{}", human_bytes(p.rx_bytes), human_bytes(p.tx_bytes)),
+                format!("{}/{}", p.broadcast.received, p.broadcast.sent),
             ]
         })
         .collect();
@@ -123,6 +170,7 @@ pub fn render_table(status: &Status) -> String {
         "RTT",
         "HANDSHAKE",
         "RX/TX",
+        "BCAST RX/TX",
     ];
     let mut widths = header.map(str::len);
     for row in &rows {
@@ -175,6 +223,14 @@ mod tests {
                 virtual_ip: Ipv4Addr::new(10, 66, 0, 1),
                 interface: "lp0".into(),
                 listen_port: 51820,
+                broadcast: SelfBroadcast {
+                    route: true,
+                    rate_limit: 200,
+                    sent: 4,
+                    received: 7,
+                    dropped: 1,
+                    dropped_from_peers: 2,
+                },
             },
             peers: vec![PeerStatus {
                 id: "2233".into(),
@@ -188,6 +244,11 @@ mod tests {
                 rx_bytes: 2048,
                 tx_bytes: 10,
                 last_handshake_s: Some(3),
+                broadcast: PeerBroadcastStatus {
+                    sent: 4,
+                    received: 7,
+                    dropped: 2,
+                },
             }],
         }
     }
@@ -222,5 +283,11 @@ mod tests {
         let row = table.lines().find(|l| l.starts_with("bob")).unwrap();
         assert!(row.contains("10.66.0.2") && row.contains("connected") && row.contains("direct"));
         assert!(row.contains("2.0KiB/10B"), "{row}");
+        assert!(row.ends_with("7/4"), "broadcast received/sent: {row}");
+        let lan = table.lines().find(|l| l.starts_with("lan")).unwrap();
+        assert_eq!(
+            lan,
+            "lan     broadcast sent 4, received 7, dropped 1 ours + 2 from peers; limit 200/s, route on"
+        );
     }
 }

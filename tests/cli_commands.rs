@@ -235,3 +235,90 @@ fn create_refuses_registry_paths_a_join_code_cannot_carry_and_accepts_relative_o
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn settings_come_from_flags_then_environment_then_config_file() {
+    let dir = temp_dir("config");
+    let conf = dir.join("lanparty-lite.conf");
+    let registry = dir.join("registry.json");
+    fs::write(
+        &conf,
+        format!(
+            "# test\n[create]\ncontrol = file:{}\nmax-peers = 5\njson = yes\n",
+            registry.display()
+        ),
+    )
+    .unwrap();
+    let max_peers = |out: &Output| -> u64 {
+        assert!(out.status.success(), "{}", stderr(out));
+        let v: serde_json::Value = serde_json::from_str(stdout(out).trim()).unwrap();
+        v["max_peers"].as_u64().unwrap()
+    };
+    let conf_arg = conf.to_str().unwrap();
+    assert_eq!(max_peers(&run(&["create", "a", "--config", conf_arg])), 5);
+    let env = bin()
+        .args(["create", "b"])
+        .env("LANPARTY_CONFIG", conf_arg)
+        .env("LANPARTY_MAX_PEERS", "7")
+        .output()
+        .unwrap();
+    assert_eq!(max_peers(&env), 7, "the environment beats the file");
+    let flag = bin()
+        .args(["create", "c", "--config", conf_arg, "--max-peers", "9"])
+        .env("LANPARTY_MAX_PEERS", "7")
+        .output()
+        .unwrap();
+    assert_eq!(max_peers(&flag), 9, "the flag beats both");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bad_config_file_is_named_with_its_line_and_changes_nothing() {
+    let dir = temp_dir("badconf");
+    let registry = dir.join("registry.json");
+    let control = format!("file:{}", registry.display());
+    for (text, needle) in [
+        (
+            "[create]\nmax-peers = lots\n",
+            "--max-peers (from CONF line 2): invalid value",
+        ),
+        (
+            "[create]\nmaxpeers = 3\n",
+            "CONF line 2: [create] has no setting \"maxpeers\"",
+        ),
+        (
+            "max-peers = 3\n",
+            "CONF line 1: \"max-peers\" is outside a section",
+        ),
+    ] {
+        let conf = dir.join("bad.conf");
+        fs::write(&conf, text).unwrap();
+        let out = run(&[
+            "create",
+            "x",
+            "--control",
+            &control,
+            "--config",
+            conf.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{text:?}: {}", stderr(&out));
+        let needle = needle.replace("CONF", conf.to_str().unwrap());
+        assert!(stderr(&out).contains(&needle), "{text:?}: {}", stderr(&out));
+        assert!(!registry.exists(), "{text:?} created the registry");
+    }
+    let missing = run(&[
+        "create",
+        "x",
+        "--control",
+        &control,
+        "--config",
+        "/nonexistent.conf",
+    ]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(
+        stderr(&missing).contains("config file /nonexistent.conf"),
+        "{}",
+        stderr(&missing)
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,6 +2,7 @@
 //! and runs the command.
 
 pub mod args;
+pub mod config;
 mod relay;
 
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use ipnet::Ipv4Net;
 
 use crate::control::{self, registry, CreatedParty, JoinCode, NewParty};
 use crate::daemon::{self, local_api, MemberOptions};
-use crate::dataplane::tun_device;
+use crate::dataplane::{broadcast, tun_device};
 use crate::failure::Failure;
 use crate::identity::Identity;
 use crate::server::ServerOptions;
@@ -47,14 +48,28 @@ Creates a party and prints its join code as the last line of output.
   --json            print the party as a JSON object";
 
 const HELP_JOIN: &str = "\
-Usage: lanparty-lite join CODE [--name NAME] [--interface IF] [--listen-port PORT] [--mtu N] [--state-dir DIR]
+Usage: lanparty-lite join CODE [--name NAME] [--interface IF] [--listen-port PORT] [--mtu N]
+                          [--broadcast-route] [--broadcast-rate N] [--state-dir DIR]
+                          [--background] [--replace] [--syslog]
 
 Joins the party and runs in the foreground until SIGINT/SIGTERM or `lanparty-lite leave`.
+Creates the key pair on first use. Safe to run again (from cron): if this party already runs
+with the state directory, it says so and exits 0.
   --name NAME         display name (default: the host name)
   --interface IF      party interface name (default lp0)
   --listen-port PORT  UDP port for tunnels (default: any free port)
   --mtu N             interface MTU (default 1420)
-  --state-dir DIR     key and socket directory (env LANPARTY_STATE_DIR)";
+  --broadcast-route   route 255.255.255.255 and multicast (224.0.0.0/4) through the party
+                      interface, for games that broadcast without picking an interface
+                      (this host's other LAN broadcasts then go to the party instead)
+  --broadcast-rate N  broadcast/multicast packets per second sent to the party, and accepted
+                      from each member (default 200; 0 turns LAN discovery off)
+  --state-dir DIR     key and socket directory (env LANPARTY_STATE_DIR)
+  --background        detach (own session; output to member.log in the state directory) and
+                      return once the member is up, or failed with its reason and exit code
+  --replace           if a member of another party runs with the state directory, make it
+                      leave first (without: exit 8)
+  --syslog            log to the system log (/dev/log) instead of standard error";
 
 const HELP_SERVER: &str = "\
 Usage: lanparty-lite server --listen ADDR:PORT [--state-dir DIR] [--max-parties N] [--max-peers N] [--rate-limit N]
@@ -96,11 +111,68 @@ const STATE_ONLY: Spec = Spec {
     positional_names: &[],
 };
 
+const CREATE: Spec = Spec {
+    valued: &["control", "subnet", "max-peers"],
+    switches: &["json"],
+    positionals: 1,
+    positional_names: &["NAME"],
+};
+
+const JOIN: Spec = Spec {
+    valued: &[
+        "name",
+        "interface",
+        "listen-port",
+        "mtu",
+        "broadcast-rate",
+        "state-dir",
+    ],
+    switches: &["broadcast-route", "background", "replace", "syslog"],
+    positionals: 1,
+    positional_names: &["CODE"],
+};
+
+const SERVER: Spec = Spec {
+    valued: &[
+        "listen",
+        "state-dir",
+        "max-parties",
+        "max-peers",
+        "rate-limit",
+        "relay-secret-file",
+    ],
+    switches: &[],
+    positionals: 0,
+    positional_names: &[],
+};
+
+const STATUS: Spec = Spec {
+    valued: &["state-dir"],
+    switches: &["json"],
+    positionals: 0,
+    positional_names: &[],
+};
+
+/// Every command's flags: what a configuration file section may set.
+const COMMANDS: &[(&str, &Spec)] = &[
+    ("server", &SERVER),
+    ("relay", &relay::SPEC),
+    ("create", &CREATE),
+    ("join", &JOIN),
+    ("status", &STATUS),
+    ("leave", &STATE_ONLY),
+    ("keygen", &STATE_ONLY),
+    ("pubkey", &STATE_ONLY),
+];
+
 /// Runs the command line `argv` (without the program name).
 pub fn run(argv: &[String]) -> Result<(), Failure> {
     let Some((command, rest)) = argv.split_first() else {
         return Err(Failure::Usage(USAGE.into()));
     };
+    if command != "join" {
+        crate::logging::init(false);
+    }
     let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
     let help = match command.as_str() {
         "-h" | "--help" | "help" => Some(USAGE),
@@ -143,7 +215,8 @@ fn state_dir(args: &Args) -> Result<PathBuf, Failure> {
 }
 
 fn keygen(argv: &[String], create: bool) -> Result<(), Failure> {
-    let args = Args::parse(if create { "keygen" } else { "pubkey" }, argv, &STATE_ONLY)?;
+    let command = if create { "keygen" } else { "pubkey" };
+    let args = Args::load(command, argv, &STATE_ONLY, COMMANDS)?;
     let dir = state_dir(&args)?;
     let identity = if create {
         Identity::load_or_create(&dir).map(|(id, _)| id)
@@ -156,13 +229,7 @@ fn keygen(argv: &[String], create: bool) -> Result<(), Failure> {
 }
 
 fn create(argv: &[String]) -> Result<(), Failure> {
-    let spec = Spec {
-        valued: &["control", "subnet", "max-peers"],
-        switches: &["json"],
-        positionals: 1,
-        positional_names: &["NAME"],
-    };
-    let args = Args::parse("create", argv, &spec)?;
+    let args = Args::load("create", argv, &CREATE, COMMANDS)?;
     let control_url = args.value("control").ok_or_else(|| {
         Failure::Usage("create: --control URL is required (e.g. file:/tmp/registry.json)".into())
     })?;
@@ -207,13 +274,8 @@ fn default_name() -> String {
 }
 
 fn join(argv: &[String]) -> Result<(), Failure> {
-    let spec = Spec {
-        valued: &["name", "interface", "listen-port", "mtu", "state-dir"],
-        switches: &[],
-        positionals: 1,
-        positional_names: &["CODE"],
-    };
-    let args = Args::parse("join", argv, &spec)?;
+    let args = Args::load("join", argv, &JOIN, COMMANDS)?;
+    crate::logging::init(args.switch("syslog"));
     let code = JoinCode::parse(&args.positionals[0]).map_err(|e| Failure::Input(e.to_string()))?;
     let name = args.value("name").map_or_else(default_name, String::from);
     registry::validate_name(&name).map_err(|e| Failure::Input(format!("--name: {e}")))?;
@@ -229,6 +291,15 @@ fn join(argv: &[String]) -> Result<(), Failure> {
             tun_device::MIN_MTU
         )));
     }
+    let broadcast_rate: u32 = args
+        .parsed("broadcast-rate")?
+        .unwrap_or(broadcast::DEFAULT_RATE_PER_S);
+    if broadcast_rate > broadcast::MAX_RATE_PER_S {
+        return Err(Failure::Input(format!(
+            "--broadcast-rate {broadcast_rate}: must be at most {} packets per second",
+            broadcast::MAX_RATE_PER_S
+        )));
+    }
     let opts = MemberOptions {
         code,
         name,
@@ -236,25 +307,20 @@ fn join(argv: &[String]) -> Result<(), Failure> {
         listen_port: args.parsed("listen-port")?.unwrap_or(0),
         mtu,
         state_dir: state_dir(&args)?,
+        broadcast_rate,
+        broadcast_route: args.switch("broadcast-route"),
+        replace: args.switch("replace"),
     };
+    if args.switch("background") {
+        let mut member_argv = vec!["join".to_string()];
+        member_argv.extend(argv.iter().filter(|a| *a != "--background").cloned());
+        return daemon::background::start(&opts, &member_argv);
+    }
     daemon::run(opts)
 }
 
 fn server(argv: &[String]) -> Result<(), Failure> {
-    let spec = Spec {
-        valued: &[
-            "listen",
-            "state-dir",
-            "max-parties",
-            "max-peers",
-            "rate-limit",
-            "relay-secret-file",
-        ],
-        switches: &[],
-        positionals: 0,
-        positional_names: &[],
-    };
-    let args = Args::parse("server", argv, &spec)?;
+    let args = Args::load("server", argv, &SERVER, COMMANDS)?;
     let listen = args.parsed("listen")?.ok_or_else(|| {
         Failure::Usage("server: --listen ADDR:PORT is required (e.g. 0.0.0.0:7777)".into())
     })?;
@@ -301,13 +367,7 @@ fn read_relay_secret(path: &str) -> Result<Vec<u8>, Failure> {
 }
 
 fn show_status(argv: &[String]) -> Result<(), Failure> {
-    let spec = Spec {
-        valued: &["state-dir"],
-        switches: &["json"],
-        positionals: 0,
-        positional_names: &[],
-    };
-    let args = Args::parse("status", argv, &spec)?;
+    let args = Args::load("status", argv, &STATUS, COMMANDS)?;
     let line = local_api::call(&state_dir(&args)?, local_api::Request::Status)?;
     let status: Status = serde_json::from_str(&line)
         .map_err(|e| Failure::System(format!("unexpected status from the member: {e}")))?;
@@ -323,7 +383,7 @@ fn show_status(argv: &[String]) -> Result<(), Failure> {
 }
 
 fn leave(argv: &[String]) -> Result<(), Failure> {
-    let args = Args::parse("leave", argv, &STATE_ONLY)?;
+    let args = Args::load("leave", argv, &STATE_ONLY, COMMANDS)?;
     let dir = state_dir(&args)?;
     local_api::call(&dir, local_api::Request::Leave)?;
     // Return once the member is gone, so `leave && join` works.

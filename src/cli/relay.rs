@@ -24,7 +24,8 @@ counters (they are also logged every 60 s while they change).
   --advertise ADDR:PORT     address members reach this relay at (default: --listen; needed
                             when --listen is 0.0.0.0)";
 
-const SPEC: Spec = Spec {
+/// `relay`'s flags.
+pub(super) const SPEC: Spec = Spec {
     valued: &[
         "listen",
         "secret-file",
@@ -51,7 +52,7 @@ fn valid_region(region: &str) -> bool {
 
 /// Parses and validates `relay`'s flags.
 pub(super) fn options(argv: &[String]) -> Result<RelayOptions, Failure> {
-    let args = Args::parse("relay", argv, &SPEC)?;
+    let args = Args::load("relay", argv, &SPEC, super::COMMANDS)?;
     let required = |name: &str, example: &str| {
         Failure::Usage(format!("relay: --{name} is required (e.g. {example})"))
     };

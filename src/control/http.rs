@@ -23,6 +23,8 @@ use crate::wire::relay::TicketView;
 
 /// Timeout for connecting and for ordinary calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Leaving happens while the member stops, which must take at most 2 s.
+const LEAVE_TIMEOUT: Duration = Duration::from_millis(1200);
 /// Timeout for a roster long-poll (the server holds it up to 25 s).
 const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(35);
 
@@ -334,7 +336,7 @@ impl ControlPlane for HttpControl {
             "DELETE",
             &format!("/v1/parties/{party_id}/members/{member_id}"),
             None::<&()>,
-            CALL_TIMEOUT,
+            LEAVE_TIMEOUT,
         )
         .map(|_| ())
     }

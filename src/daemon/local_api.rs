@@ -51,12 +51,12 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_FILE)
 }
 
-/// Binds the socket, replacing a stale one left by a crash. Fails if a member is running.
+/// Binds the socket, replacing a stale one left by a crash; `None` if a member is running.
 /// Called before anything else touches the party, so a second `join` changes nothing.
-pub fn bind(state_dir: &Path) -> Result<(UnixListener, PathBuf, std::fs::File), Failure> {
+pub fn bind(state_dir: &Path) -> Result<Option<(UnixListener, PathBuf, std::fs::File)>, Failure> {
     // One member per state dir: an exclusive lock held for the daemon's life, taken before
     // the socket is touched, so two racing `join`s cannot both pass the check.
-    let lock_path = state_dir.join("member.lock");
+    let lock_path = state_dir.join(super::running::LOCK_FILE);
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -70,17 +70,14 @@ pub fn bind(state_dir: &Path) -> Result<(UnixListener, PathBuf, std::fs::File), 
         })?;
     let path = socket_path(state_dir);
     if lock.try_lock().is_err() || UnixStream::connect(&path).is_ok() {
-        return Err(Failure::System(format!(
-            "a member is already running with state directory {} (use `lanparty-lite leave` first, or another --state-dir)",
-            state_dir.display()
-        )));
+        return Ok(None);
     }
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)
         .map_err(|e| Failure::System(format!("cannot create {}: {e}", path.display())))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Failure::System(format!("{}: {e}", path.display())))?;
-    Ok((listener, path, lock))
+    Ok(Some((listener, path, lock)))
 }
 
 /// Serves requests on `listener` from a thread of its own.

@@ -1,8 +1,10 @@
 //! A running member: wires identity, control plane, tun, data plane, control thread, local API
 //! and signals together, and takes them down in order.
 
+pub mod background;
 pub mod control_loop;
 pub mod local_api;
+pub mod running;
 pub mod signals;
 
 use std::io;
@@ -15,8 +17,14 @@ use crate::control::{self, JoinCode, JoinRequest};
 use crate::dataplane::{self, peers::PeerTable, socket, tun_device, Command};
 use crate::failure::Failure;
 use crate::identity::{self, Identity};
-use crate::status::{PartyStatus, PeerStatus, SelfStatus, Status};
+use crate::status::{
+    PartyStatus, PeerBroadcastStatus, PeerStatus, SelfBroadcast, SelfStatus, Status,
+};
 use control_loop::{ControlCommand, ControlLoop};
+
+/// How long stopping waits for the control plane to confirm that we left; with tearing
+/// down the interface, a member stops within 2 s of SIGTERM.
+const LEAVE_GRACE: Duration = Duration::from_millis(1500);
 
 /// Resolved options of `join`.
 #[derive(Debug, Clone)]
@@ -33,6 +41,12 @@ pub struct MemberOptions {
     pub mtu: u16,
     /// State directory.
     pub state_dir: PathBuf,
+    /// Broadcast packets per second we send and accept from each peer (0: none).
+    pub broadcast_rate: u32,
+    /// Route 255.255.255.255 and 224.0.0.0/4 through the party interface.
+    pub broadcast_route: bool,
+    /// Make a member of another party running with this state directory leave first.
+    pub replace: bool,
 }
 
 /// Removes the local API socket when the member stops, however it stops.
@@ -81,12 +95,22 @@ impl local_api::Handler for ApiHandler {
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
                     last_handshake_s: p.since_handshake.map(|d| d.as_secs()),
+                    broadcast: PeerBroadcastStatus {
+                        sent: p.broadcast.sent,
+                        received: p.broadcast.received,
+                        dropped: p.broadcast.dropped,
+                    },
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut self_ = self.self_.clone();
+        self_.broadcast.sent = snapshot.broadcast.sent;
+        self_.broadcast.dropped = snapshot.broadcast.dropped;
+        self_.broadcast.received = peers.iter().map(|p| p.broadcast.received).sum();
+        self_.broadcast.dropped_from_peers = peers.iter().map(|p| p.broadcast.dropped).sum();
         Ok(Status {
             party: self.party.clone(),
-            self_: self.self_.clone(),
+            self_,
             peers,
         })
     }
@@ -131,8 +155,14 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         Failure::System(format!("state directory {}: {e}", opts.state_dir.display()))
     })?;
     // The socket first: a second `join` on this state dir must change nothing.
-    let (listener, socket_path, _member_lock) = local_api::bind(&opts.state_dir)?;
+    let Some((listener, socket_path, _member_lock)) = claim_state_dir(&opts)? else {
+        return Ok(());
+    };
     let _remove_socket = RemoveOnDrop(socket_path);
+    let pid_path = opts.state_dir.join(running::PID_FILE);
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(|e| Failure::System(format!("{}: {e}", pid_path.display())))?;
+    let _remove_pid = RemoveOnDrop(pid_path);
     let (identity, created) = Identity::load_or_create(&opts.state_dir)
         .map_err(|e| Failure::System(format!("state directory: {e}")))?;
     if created {
@@ -174,12 +204,16 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
     );
     let tun = tun_device::create(&opts.interface, member.virtual_ip, roster.subnet, opts.mtu)
         .map_err(|e| Failure::System(e.0))?;
-    let (dp, dp_thread) = dataplane::spawn(
-        tun,
-        udp,
-        PeerTable::new(identity.secret.clone(), member.virtual_ip, roster.subnet),
-    )
-    .map_err(system("data plane"))?;
+    if opts.broadcast_route {
+        tun_device::add_broadcast_routes(&opts.interface).map_err(|e| Failure::System(e.0))?;
+    }
+    let table = PeerTable::new(
+        identity.secret.clone(),
+        member.virtual_ip,
+        roster.subnet,
+        opts.broadcast_rate,
+    );
+    let (dp, dp_thread) = dataplane::spawn(tun, udp, table).map_err(system("data plane"))?;
     let _ = dp.send(Command::SyncPeers(control_loop::peer_configs(&roster)));
 
     let (events_tx, events) = crossbeam_channel::unbounded();
@@ -198,6 +232,11 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
             virtual_ip: member.virtual_ip,
             interface: opts.interface.clone(),
             listen_port: port,
+            broadcast: SelfBroadcast {
+                route: opts.broadcast_route,
+                rate_limit: opts.broadcast_rate,
+                ..SelfBroadcast::default()
+            },
         },
     };
     local_api::serve(listener, handler).map_err(system("local api thread"))?;
@@ -226,18 +265,70 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         endpoints: Box::new(endpoints),
         dataplane: dp.clone(),
     };
-    let control_thread = std::thread::Builder::new()
+    let (left_tx, left) = crossbeam_channel::bounded::<()>(1);
+    std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || control_loop.run(control_rx, roster))
+        .spawn(move || {
+            control_loop.run(control_rx, roster);
+            let _ = left_tx.send(());
+        })
         .map_err(system("control thread"))?;
 
     println!("joined as {} ({})", member.name, member.virtual_ip);
     let result = wait_for_stop(&events);
     let _ = control_tx.send(ControlCommand::Shutdown);
     let _ = dp.send(Command::Shutdown);
-    let _ = control_thread.join();
+    // Leaving is best effort: an unreachable control plane must not keep the member (and its
+    // interface) around; the control plane expires a member that stopped heartbeating.
+    if left.recv_timeout(LEAVE_GRACE).is_err() {
+        log::warn!(
+            "could not leave the party within {LEAVE_GRACE:?}; the control plane will expire this member"
+        );
+    }
     let _ = dp_watch.join();
     result
+}
+
+/// Takes the state directory for this member: `None` (after saying so) when the same party
+/// already runs here, so a repeated `join` from cron is a no-op. Another party is refused,
+/// or asked to leave first with `--replace`.
+pub fn settle_running(opts: &MemberOptions) -> Result<Option<()>, Failure> {
+    let status = running::find(&opts.state_dir)?;
+    match running::decide(status.as_ref(), &opts.code, opts.replace) {
+        running::Decision::Start => Ok(Some(())),
+        running::Decision::AlreadyUp(message) => {
+            match running::pid(&opts.state_dir) {
+                Some(pid) => println!("{message}, pid {pid}"),
+                None => println!("{message}"),
+            }
+            Ok(None)
+        }
+        running::Decision::Replace => {
+            log::info!("--replace: asking the running member to leave");
+            running::stop(&opts.state_dir)?;
+            Ok(Some(()))
+        }
+        running::Decision::Refuse(message) => Err(Failure::AlreadyRunning(message)),
+    }
+}
+
+type Claimed = (std::os::unix::net::UnixListener, PathBuf, std::fs::File);
+
+fn claim_state_dir(opts: &MemberOptions) -> Result<Option<Claimed>, Failure> {
+    // Twice: a member that started between our check and our bind (two cron runs at once)
+    // gets the same treatment as one that was already running.
+    for _ in 0..2 {
+        if settle_running(opts)?.is_none() {
+            return Ok(None);
+        }
+        if let Some(claimed) = local_api::bind(&opts.state_dir)? {
+            return Ok(Some(claimed));
+        }
+    }
+    Err(Failure::System(format!(
+        "another member keeps starting with state directory {}",
+        opts.state_dir.display()
+    )))
 }
 
 fn wait_for_stop(events: &crossbeam_channel::Receiver<Event>) -> Result<(), Failure> {

@@ -2,6 +2,7 @@
 //! [`peers::PeerTable`]. Other threads talk to it with [`Command`]s through a [`Handle`],
 //! which wakes the loop.
 
+pub mod broadcast;
 pub mod peers;
 pub mod socket;
 pub mod tun_device;
@@ -19,6 +20,7 @@ use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use broadcast::OwnBroadcast;
 use peers::{DropCounters, Io, PeerConfig, PeerStats, PeerTable, BUF_LEN};
 use udp_offload::TxBatch;
 
@@ -45,6 +47,8 @@ pub struct DataplaneStatus {
     pub peers: Vec<PeerStats>,
     /// Drops by reason.
     pub drops: DropCounters,
+    /// Our own broadcasts.
+    pub broadcast: OwnBroadcast,
 }
 
 /// Sends commands to the data plane thread and wakes it.
@@ -130,9 +134,9 @@ fn run(
     let gro = udp_offload::enable_gro(udp_fd);
     let mut batch = TxBatch::new(udp_offload::probe_gso(udp_fd));
     log::debug!("UDP GRO {}", if gro { "on" } else { "off" });
-    let mut next_tick = Instant::now();
+    let mut now = Instant::now();
+    let mut next_tick = now;
     loop {
-        let now = Instant::now();
         if now >= next_tick {
             let mut io = LoopIo {
                 udp_fd,
@@ -145,9 +149,13 @@ fn run(
         }
         match poll.poll(&mut events, Some(next_tick.saturating_duration_since(now))) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                now = Instant::now();
+                continue;
+            }
             Err(e) => return Err(e),
         }
+        now = Instant::now();
         for event in events.iter() {
             let mut io = LoopIo {
                 udp_fd,
@@ -157,7 +165,7 @@ fn run(
             match event.token() {
                 TUN => loop {
                     match tun.recv(&mut buf) {
-                        Ok(n) => table.handle_tun_packet(&buf[..n], &mut io),
+                        Ok(n) => table.handle_tun_packet(&buf[..n], now, &mut io),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
@@ -167,7 +175,7 @@ fn run(
                     match udp_offload::recv(udp_fd, &mut buf) {
                         Ok(got) => {
                             for datagram in buf[..got.len].chunks(got.segment.max(1)) {
-                                table.handle_datagram(datagram, got.src, &mut io);
+                                table.handle_datagram(datagram, got.src, now, &mut io);
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -184,6 +192,7 @@ fn run(
                                 let _ = reply.send(DataplaneStatus {
                                     peers: table.stats(),
                                     drops: table.drops,
+                                    broadcast: table.broadcast,
                                 });
                             }
                             Command::Shutdown => return Ok(()),

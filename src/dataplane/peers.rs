@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnet::Ipv4Net;
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::broadcast::{self, Dedup, OwnBroadcast, PeerBroadcast, RateLimit};
 use crate::identity::Key;
 use crate::wire::ip::Ipv4View;
 use crate::wire::wg::{self, Datagram};
@@ -32,6 +33,8 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 const HANDSHAKES_PER_SECOND: u64 = 100;
 /// The limiter counts per second; `update_timers` runs every 250 ms.
 const TICKS_PER_LIMITER_RESET: u32 = 4;
+/// IGMP: group membership reports are about the link they are sent on, not the party's.
+const IP_PROTO_IGMP: u8 = 2;
 
 /// Where the data plane sends its output.
 pub trait Io {
@@ -71,6 +74,8 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     /// Round-trip time of the last handshake, in milliseconds.
     pub handshake_rtt_ms: Option<u32>,
+    /// Broadcast and multicast packets exchanged with this peer.
+    pub broadcast: PeerBroadcast,
 }
 
 impl PeerStats {
@@ -83,7 +88,8 @@ impl PeerStats {
 /// Packets the table dropped, by reason.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DropCounters {
-    /// Tun packets to an address no peer owns (or not IPv4).
+    /// Tun packets to an address no peer owns, not IPv4, or broadcasts with a source other
+    /// than our virtual IP.
     pub no_route: u64,
     /// Decrypted packets whose source is not the peer's virtual IP.
     pub bad_source: u64,
@@ -98,6 +104,8 @@ struct Peer {
     config: PeerConfig,
     tunn: Tunn,
     endpoint: Option<SocketAddr>,
+    broadcast_in: RateLimit,
+    broadcast: PeerBroadcast,
 }
 
 impl Peer {
@@ -127,13 +135,24 @@ pub struct PeerTable {
     by_key: HashMap<Key, u32>,
     next_index: u32,
     buf: Vec<u8>,
+    broadcast_rate: u32,
+    broadcast_out: RateLimit,
+    dedup: Dedup,
     /// What was dropped and why.
     pub drops: DropCounters,
+    /// Our own broadcasts: replicated and dropped.
+    pub broadcast: OwnBroadcast,
 }
 
 impl PeerTable {
-    /// An empty table for the member holding `secret`, at `own_ip` in `subnet`.
-    pub fn new(secret: StaticSecret, own_ip: Ipv4Addr, subnet: Ipv4Net) -> PeerTable {
+    /// An empty table for the member holding `secret`, at `own_ip` in `subnet`, that sends
+    /// (and accepts from each peer) at most `broadcast_rate` broadcast packets per second.
+    pub fn new(
+        secret: StaticSecret,
+        own_ip: Ipv4Addr,
+        subnet: Ipv4Net,
+        broadcast_rate: u32,
+    ) -> PeerTable {
         let public = PublicKey::from(&secret);
         PeerTable {
             limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
@@ -147,7 +166,11 @@ impl PeerTable {
             by_key: HashMap::new(),
             next_index: 1,
             buf: vec![0; BUF_LEN],
+            broadcast_rate,
+            broadcast_out: RateLimit::new(broadcast_rate),
+            dedup: Dedup::default(),
             drops: DropCounters::default(),
+            broadcast: OwnBroadcast::default(),
         }
     }
 
@@ -216,6 +239,8 @@ impl PeerTable {
             config,
             tunn,
             endpoint: None,
+            broadcast_in: RateLimit::new(self.broadcast_rate),
+            broadcast: PeerBroadcast::default(),
         };
         if let TunnResult::WriteToNetwork(out) =
             peer.tunn.format_handshake_initiation(&mut self.buf, false)
@@ -235,16 +260,23 @@ impl PeerTable {
         self.peers.is_empty()
     }
 
-    /// Encrypts a packet read from the tun and sends it to the peer owning its destination.
-    pub fn handle_tun_packet(&mut self, packet: &[u8], io: &mut impl Io) {
-        let Some(index) = Ipv4View::parse(packet)
-            .ok()
-            .and_then(|ip| self.by_ip.get(&ip.dst()))
-        else {
+    /// Encrypts a packet read from the tun and sends it to the peer owning its destination,
+    /// or, for a broadcast or multicast destination, to every peer.
+    pub fn handle_tun_packet(&mut self, packet: &[u8], now: Instant, io: &mut impl Io) {
+        let Ok(ip) = Ipv4View::parse(packet) else {
             self.drops.no_route += 1;
             return;
         };
-        let Some(peer) = self.peers.get_mut(index) else {
+        let Some(peer) = self
+            .by_ip
+            .get(&ip.dst())
+            .and_then(|index| self.peers.get_mut(index))
+        else {
+            if broadcast::is_for_everyone(ip.dst(), self.subnet) {
+                self.replicate(packet, ip, now, io);
+            } else {
+                self.drops.no_route += 1;
+            }
             return;
         };
         match peer.tunn.encapsulate(packet, &mut self.buf) {
@@ -254,8 +286,44 @@ impl PeerTable {
         }
     }
 
+    /// Sends one copy of a broadcast we originated through every peer's tunnel. Packets from
+    /// other sources are never replicated, so nothing received is ever forwarded again.
+    fn replicate(&mut self, packet: &[u8], ip: Ipv4View, now: Instant, io: &mut impl Io) {
+        if ip.src() != self.own_ip {
+            self.drops.no_route += 1;
+            return;
+        }
+        if ip.protocol() == IP_PROTO_IGMP {
+            return;
+        }
+        if !self.broadcast_out.allow(now) {
+            self.broadcast.dropped += 1;
+            log::trace!("broadcast to {} over the rate limit", ip.dst());
+            return;
+        }
+        self.broadcast.sent += 1;
+        for peer in self.peers.values_mut() {
+            match peer.tunn.encapsulate(packet, &mut self.buf) {
+                TunnResult::WriteToNetwork(out) => peer.transmit(out, io),
+                TunnResult::Err(e) => {
+                    log::debug!("encapsulate for {}: {e:?}", peer.config.name);
+                    continue;
+                }
+                // Queued until the handshake completes.
+                _ => {}
+            }
+            peer.broadcast.sent += 1;
+        }
+    }
+
     /// Handles a datagram from the shared UDP socket.
-    pub fn handle_datagram(&mut self, datagram: &[u8], src: SocketAddr, io: &mut impl Io) {
+    pub fn handle_datagram(
+        &mut self,
+        datagram: &[u8],
+        src: SocketAddr,
+        now: Instant,
+        io: &mut impl Io,
+    ) {
         let index = match wg::classify(datagram) {
             Datagram::ToIndex(receiver) => Some(receiver >> 8),
             Datagram::HandshakeInit => {
@@ -295,26 +363,28 @@ impl PeerTable {
             TunnResult::WriteToTunnelV4(packet, source) => {
                 learn_endpoint(peer, src);
                 let dst = Ipv4View::parse(packet).map(|ip| ip.dst()).ok();
-                let for_us = dst.is_some_and(|d| {
-                    d == self.own_ip
-                        || d == self.subnet.broadcast()
-                        || d.is_broadcast()
-                        || d.is_multicast()
-                });
                 if source != peer.config.virtual_ip {
                     self.drops.bad_source += 1;
                     log::trace!(
                         "dropped packet from {source} inside {}'s tunnel",
                         peer.config.name
                     );
-                } else if !for_us {
+                } else if dst == Some(self.own_ip) {
+                    io.write_tun(packet);
+                } else if dst.is_some_and(|d| broadcast::is_for_everyone(d, self.subnet)) {
+                    // Duplicates first, so a second copy costs the sender no allowance.
+                    if self.dedup.first_time(packet, now) && peer.broadcast_in.allow(now) {
+                        peer.broadcast.received += 1;
+                        io.write_tun(packet);
+                    } else {
+                        peer.broadcast.dropped += 1;
+                    }
+                } else {
                     self.drops.bad_destination += 1;
                     log::trace!(
                         "dropped packet to {dst:?} from {}: not ours",
                         peer.config.name
                     );
-                } else {
-                    io.write_tun(packet);
                 }
             }
             TunnResult::WriteToTunnelV6(..) => self.drops.bad_source += 1,
@@ -365,6 +435,7 @@ impl PeerTable {
                     rx_bytes: rx as u64,
                     tx_bytes: tx as u64,
                     handshake_rtt_ms: rtt,
+                    broadcast: p.broadcast,
                 }
             })
             .collect();
@@ -413,9 +484,20 @@ mod tests {
         vip: Ipv4Addr,
         addr: SocketAddr,
         io: Recorder,
+        now: Instant,
+    }
+
+    impl Node {
+        fn tun_in(&mut self, packet: &[u8]) {
+            self.table.handle_tun_packet(packet, self.now, &mut self.io);
+        }
     }
 
     fn node(n: u8) -> Node {
+        node_with_rate(n, broadcast::DEFAULT_RATE_PER_S)
+    }
+
+    fn node_with_rate(n: u8, broadcast_rate: u32) -> Node {
         let secret = StaticSecret::from([n; 32]);
         let key = Key(PublicKey::from(&secret).to_bytes());
         Node {
@@ -423,11 +505,13 @@ mod tests {
                 secret,
                 Ipv4Addr::new(10, 66, 0, n),
                 "10.66.0.0/16".parse().unwrap(),
+                broadcast_rate,
             ),
             key,
             vip: Ipv4Addr::new(10, 66, 0, n),
             addr: SocketAddr::from(([192, 168, 1, n], 5000 + u16::from(n))),
             io: Recorder::default(),
+            now: Instant::now(),
         }
     }
 
@@ -475,7 +559,8 @@ mod tests {
             .filter(|(_, dst)| *dst == to.addr)
             .collect();
         for (payload, _) in &sent {
-            to.table.handle_datagram(payload, from.addr, &mut to.io);
+            to.table
+                .handle_datagram(payload, from.addr, to.now, &mut to.io);
         }
         sent.len()
     }
@@ -491,7 +576,7 @@ mod tests {
     fn packet_sent_during_handshake_arrives_once() {
         let (mut a, mut b) = pair(vec![node(2).addr]);
         let ping = ipv4(a.vip, b.vip, b"hello");
-        a.table.handle_tun_packet(&ping, &mut a.io);
+        a.table.handle_tun_packet(&ping, a.now, &mut a.io);
         exchange(&mut a, &mut b);
         assert_eq!(
             b.io.tun,
@@ -516,7 +601,7 @@ mod tests {
             "no data was invented"
         );
         let ping = ipv4(a.vip, b.vip, b"after");
-        a.table.handle_tun_packet(&ping, &mut a.io);
+        a.table.handle_tun_packet(&ping, a.now, &mut a.io);
         deliver(&mut a, &mut b);
         assert_eq!(b.io.tun, vec![ping]);
     }
@@ -529,7 +614,7 @@ mod tests {
         assert_eq!(dsts, vec![other, b.addr]);
         exchange(&mut a, &mut b);
         a.table
-            .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), &mut a.io);
+            .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), a.now, &mut a.io);
         let dsts: Vec<_> = a.io.sent.iter().map(|(_, d)| *d).collect();
         assert_eq!(dsts, vec![b.addr], "only the endpoint that answered");
     }
@@ -539,7 +624,7 @@ mod tests {
         let (mut a, mut b) = pair(vec![node(2).addr]);
         exchange(&mut a, &mut b);
         let spoofed = ipv4(Ipv4Addr::new(10, 66, 0, 99), b.vip, b"evil");
-        a.table.handle_tun_packet(&spoofed, &mut a.io);
+        a.table.handle_tun_packet(&spoofed, a.now, &mut a.io);
         deliver(&mut a, &mut b);
         assert!(b.io.tun.is_empty());
         assert_eq!(b.table.drops.bad_source, 1);
@@ -557,7 +642,7 @@ mod tests {
             b.table.sync(vec![config_of(&a, vec![a.addr])], &mut b.io);
             exchange(&mut a, &mut b);
             a.table
-                .handle_tun_packet(&ipv4(a.vip, target, b"sneaky"), &mut a.io);
+                .handle_tun_packet(&ipv4(a.vip, target, b"sneaky"), a.now, &mut a.io);
             assert_eq!(deliver(&mut a, &mut b), 1);
             assert!(
                 b.io.tun.is_empty(),
@@ -575,7 +660,8 @@ mod tests {
         let mut junk = [0x5au8; 148];
         junk[..4].copy_from_slice(&[1, 0, 0, 0]);
         for _ in 0..1000 {
-            b.table.handle_datagram(&junk, node(9).addr, &mut b.io);
+            b.table
+                .handle_datagram(&junk, node(9).addr, b.now, &mut b.io);
         }
         assert!(b.io.sent.is_empty());
         assert_eq!(b.table.drops.bad_datagram, 1000);
@@ -585,12 +671,15 @@ mod tests {
     fn junk_and_unknown_destinations_are_counted_not_answered() {
         let (mut a, _b) = pair(vec![]);
         a.table
-            .handle_datagram(&[4, 0, 0, 0, 9, 9, 9, 9], node(9).addr, &mut a.io);
+            .handle_datagram(&[4, 0, 0, 0, 9, 9, 9, 9], node(9).addr, a.now, &mut a.io);
         a.table
-            .handle_datagram(&[0u8; 148], node(9).addr, &mut a.io);
+            .handle_datagram(&[0u8; 148], node(9).addr, a.now, &mut a.io);
         assert_eq!(a.table.drops.bad_datagram, 2);
-        a.table
-            .handle_tun_packet(&ipv4(a.vip, Ipv4Addr::new(10, 66, 0, 50), b"x"), &mut a.io);
+        a.table.handle_tun_packet(
+            &ipv4(a.vip, Ipv4Addr::new(10, 66, 0, 50), b"x"),
+            a.now,
+            &mut a.io,
+        );
         assert_eq!(a.table.drops.no_route, 1);
         assert!(a.io.sent.is_empty() && a.io.tun.is_empty());
     }
@@ -615,7 +704,147 @@ mod tests {
         a.table.sync(vec![], &mut a.io);
         assert!(a.table.is_empty());
         a.table
-            .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), &mut a.io);
+            .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), a.now, &mut a.io);
         assert_eq!(a.table.drops.no_route, 1);
+    }
+
+    /// Nodes that all know each other at their addresses, with sessions up and outboxes empty.
+    fn mesh(mut nodes: Vec<Node>) -> Vec<Node> {
+        let configs: Vec<PeerConfig> = nodes.iter().map(|n| config_of(n, vec![n.addr])).collect();
+        for n in &mut nodes {
+            n.table.sync(configs.clone(), &mut n.io);
+        }
+        for _ in 0..3 {
+            for i in 0..nodes.len() {
+                deliver_all(&mut nodes, i);
+            }
+        }
+        for n in &mut nodes {
+            let up: Vec<_> = n
+                .table
+                .stats()
+                .iter()
+                .map(|p| (p.config.virtual_ip, p.is_connected()))
+                .collect();
+            assert!(up.iter().all(|(_, c)| *c), "{}: {up:?}", n.vip);
+            n.io.sent.clear();
+        }
+        nodes
+    }
+
+    fn two(nodes: &mut [Node], i: usize, j: usize) -> (&mut Node, &mut Node) {
+        if i < j {
+            let (l, r) = nodes.split_at_mut(j);
+            (&mut l[i], &mut r[0])
+        } else {
+            let (l, r) = nodes.split_at_mut(i);
+            (&mut r[0], &mut l[j])
+        }
+    }
+
+    /// Delivers everything node `i` sent to every other node.
+    fn deliver_all(nodes: &mut [Node], i: usize) {
+        for j in 0..nodes.len() {
+            if i != j {
+                let (from, to) = two(nodes, i, j);
+                let sent: Vec<_> = from
+                    .io
+                    .sent
+                    .iter()
+                    .filter(|(_, d)| *d == to.addr)
+                    .cloned()
+                    .collect();
+                for (payload, _) in sent {
+                    to.table
+                        .handle_datagram(&payload, from.addr, to.now, &mut to.io);
+                }
+            }
+        }
+        nodes[i].io.sent.clear();
+    }
+
+    #[test]
+    fn broadcast_reaches_every_peer_once_unchanged_and_is_never_forwarded() {
+        for dst in [
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::new(10, 66, 255, 255),
+            Ipv4Addr::new(239, 255, 255, 250),
+        ] {
+            let mut n = mesh(vec![node(1), node(2), node(3)]);
+            let packet = ipv4(n[0].vip, dst, b"lobby");
+            n[0].tun_in(&packet);
+            let dsts: Vec<_> = n[0].io.sent.iter().map(|(_, d)| *d).collect();
+            assert_eq!(dsts.len(), 2, "one copy per peer to {dst}");
+            assert!(dsts.contains(&n[1].addr) && dsts.contains(&n[2].addr));
+            deliver_all(&mut n, 0);
+            for i in [1, 2] {
+                assert_eq!(n[i].io.tun, vec![packet.clone()], "member {i}, {dst}");
+                assert!(n[i].io.sent.is_empty(), "member {i} forwarded nothing");
+                let from_a = &n[i].table.stats()[0];
+                assert_eq!(from_a.broadcast.received, 1);
+            }
+            assert!(n[0].io.tun.is_empty(), "nothing came back to the sender");
+            assert_eq!(n[0].table.broadcast.sent, 1);
+            assert!(n[0].table.stats().iter().all(|p| p.broadcast.sent == 1));
+        }
+    }
+
+    #[test]
+    fn broadcasts_from_other_sources_and_igmp_are_not_replicated() {
+        let mut n = mesh(vec![node(1), node(2)]);
+        let foreign = ipv4(Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::BROADCAST, b"x");
+        n[0].tun_in(&foreign);
+        let mut igmp = ipv4(n[0].vip, Ipv4Addr::new(224, 0, 0, 22), b"report");
+        igmp[9] = IP_PROTO_IGMP;
+        n[0].tun_in(&igmp);
+        assert!(n[0].io.sent.is_empty());
+        assert_eq!(n[0].table.drops.no_route, 1);
+        assert_eq!(n[0].table.broadcast.sent, 0);
+    }
+
+    #[test]
+    fn the_same_broadcast_twice_within_the_window_is_written_once() {
+        let mut n = mesh(vec![node(1), node(2)]);
+        let packet = ipv4(n[0].vip, Ipv4Addr::BROADCAST, b"same bytes");
+        for _ in 0..2 {
+            n[0].tun_in(&packet);
+        }
+        deliver_all(&mut n, 0);
+        assert_eq!(n[1].io.tun.len(), 1);
+        assert_eq!(n[1].table.stats()[0].broadcast.dropped, 1);
+        n[1].now += broadcast::DEDUP_WINDOW;
+        n[0].tun_in(&packet);
+        deliver_all(&mut n, 0);
+        assert_eq!(n[1].io.tun.len(), 2, "after the window it is new again");
+    }
+
+    #[test]
+    fn a_broadcast_flood_is_capped_at_the_rate_and_unicast_still_flows() {
+        let mut n = mesh(vec![node_with_rate(1, 50), node(2)]);
+        for i in 0..1000u32 {
+            let packet = ipv4(n[0].vip, Ipv4Addr::BROADCAST, &i.to_be_bytes());
+            n[0].tun_in(&packet);
+        }
+        assert_eq!(n[0].table.broadcast.sent, 50);
+        assert_eq!(n[0].table.broadcast.dropped, 950);
+        let ping = ipv4(n[0].vip, n[1].vip, b"still here");
+        n[0].tun_in(&ping);
+        deliver_all(&mut n, 0);
+        assert_eq!(n[1].io.tun.len(), 51);
+        assert_eq!(n[1].io.tun.last(), Some(&ping));
+    }
+
+    #[test]
+    fn a_receiver_caps_what_it_accepts_from_a_flooding_peer() {
+        // Member 1 allows itself far more than member 2 accepts.
+        let mut n = mesh(vec![node_with_rate(1, 10_000), node_with_rate(2, 10)]);
+        for i in 0..100u32 {
+            let packet = ipv4(n[0].vip, Ipv4Addr::BROADCAST, &i.to_be_bytes());
+            n[0].tun_in(&packet);
+        }
+        deliver_all(&mut n, 0);
+        assert_eq!(n[1].io.tun.len(), 10);
+        let from_flooder = n[1].table.stats()[0].broadcast;
+        assert_eq!((from_flooder.received, from_flooder.dropped), (10, 90));
     }
 }

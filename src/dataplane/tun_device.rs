@@ -66,3 +66,62 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Routes limited broadcast (255.255.255.255/32) and IPv4 multicast (224.0.0.0/4) through
+/// interface `name`, so games that broadcast without choosing an interface reach the party
+/// (`--broadcast-route`). The routes go away with the interface.
+pub fn add_broadcast_routes(name: &str) -> Result<(), TunError> {
+    add_route(name, Ipv4Addr::BROADCAST, 32)?;
+    add_route(name, Ipv4Addr::new(224, 0, 0, 0), 4)
+}
+
+fn add_route(name: &str, dst: Ipv4Addr, prefix: u8) -> Result<(), TunError> {
+    let fail = |e: std::io::Error| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EEXIST) => {
+                " (another interface already has this route; remove it or drop --broadcast-route)"
+            }
+            Some(libc::EPERM) => " (needs root or CAP_NET_ADMIN)",
+            _ => "",
+        };
+        TunError(format!(
+            "--broadcast-route: cannot route {dst}/{prefix} through {name}: {e}{hint}"
+        ))
+    };
+    let dev = std::ffi::CString::new(name)
+        .map_err(|_| TunError(format!("bad interface name {name:?}")))?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    // SAFETY: rtentry is plain old data; zero is a valid value for every field.
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    route.rt_dst = sockaddr_v4(dst);
+    route.rt_genmask = sockaddr_v4(Ipv4Addr::from(mask));
+    route.rt_flags = libc::RTF_UP | if prefix == 32 { libc::RTF_HOST } else { 0 };
+    route.rt_dev = dev.as_ptr() as *mut libc::c_char;
+    // SAFETY: a plain datagram socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    // SAFETY: SIOCADDRT reads a valid rtentry whose rt_dev points at a live C string.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCADDRT, &route) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(fail(err));
+    }
+    Ok(())
+}
+
+fn sockaddr_v4(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it as sockaddr_in.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}

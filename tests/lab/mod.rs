@@ -200,6 +200,11 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Sends `signal` to `pid`.
+pub fn kill(pid: u32, signal: libc::c_int) {
+    kill_pid(pid, signal);
+}
+
 fn kill_pid(pid: u32, signal: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         // SAFETY: kill has no memory-safety preconditions; the pid is one we started.
@@ -211,6 +216,17 @@ fn kill_pid(pid: u32, signal: libc::c_int) {
 
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether `pid` exists and is not a zombie (a process we did not start is reaped by init).
+pub fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
 }
 
 /// Deletes namespaces and directories of labs whose test process is gone. Only names with
@@ -299,6 +315,7 @@ pub struct Lab {
     nodes: Vec<Node>,
     namespaces: Vec<String>,
     procs: Mutex<Vec<Started>>,
+    adopted: Mutex<Vec<u32>>,
 }
 
 impl Lab {
@@ -321,6 +338,7 @@ impl Lab {
             nodes: Vec::new(),
             namespaces: Vec::new(),
             procs: Mutex::new(Vec::new()),
+            adopted: Mutex::new(Vec::new()),
         };
         // Anything below may panic; `lab` is already a guard, so Drop removes what exists.
         let lan = lab.lan_ns.clone();
@@ -637,7 +655,31 @@ impl Lab {
             .is_ok_and(|s| s.success())
     }
 
+    /// Makes the lab stop `pid` on drop too (SIGTERM, then SIGKILL): for processes it did not
+    /// start itself, such as a member that `join --background` detached.
+    pub fn adopt(&self, pid: u32) {
+        self.adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid);
+    }
+
+    fn stop_adopted(&self) {
+        let adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        for pid in adopted.iter().filter(|p| running(**p)) {
+            kill_pid(*pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + KILL_GRACE;
+        while adopted.iter().any(|p| running(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for pid in adopted.iter().filter(|p| running(**p)) {
+            kill_pid(*pid, libc::SIGKILL);
+        }
+    }
+
     fn stop_everything(&self) {
+        self.stop_adopted();
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         for s in procs.iter_mut() {
             if s.status.is_none() {
