@@ -1,5 +1,7 @@
-//! Codecs only: views over packet bytes. No I/O, no clock, no allocation.
+//! Codecs only: views over packet bytes. No I/O, no clock; parsers borrow and never allocate
+//! (encoders return the bytes they built).
 
 pub mod http;
 pub mod ip;
+pub mod stun;
 pub mod wg;
