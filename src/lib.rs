@@ -17,4 +17,5 @@ pub mod random;
 pub mod server;
 pub mod state_dir;
 pub mod status;
+pub mod stun_server;
 pub mod wire;
