@@ -246,6 +246,9 @@ pub fn stun(data: &[u8]) -> bool {
     if let Some(c) = m.change_request {
         e.change_request(c);
     }
+    if let Some(p) = m.response_port {
+        e.response_port(p);
+    }
     if let Some(c) = m.error_code {
         e.error_code(c.code, c.reason);
     }
@@ -269,7 +272,7 @@ pub fn stun(data: &[u8]) -> bool {
         None => assert_ne!(m.class, Class::Request, "a request went unanswered"),
         Some(r) => {
             assert_eq!(m.class, Class::Request, "answered a {:?}", m.class);
-            assert!(r.socket < sockets.len() && r.dst == from);
+            assert!(r.socket < sockets.len() && r.dst.ip() == from.ip());
             assert!(
                 r.payload.len() <= MAX_REPLY_LEN,
                 "{}-byte reply",

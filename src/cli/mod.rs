@@ -55,10 +55,12 @@ Joins the party and runs in the foreground until SIGINT/SIGTERM or `lanparty-lit
   --state-dir DIR     key and socket directory (env LANPARTY_STATE_DIR)";
 
 const HELP_SERVER: &str = "\
-Usage: lanparty-lite server --listen ADDR:PORT [--state-dir DIR] [--max-parties N] [--max-peers N] [--rate-limit N]
+Usage: lanparty-lite server --listen ADDR:PORT [--stun IP:PORT]... [--state-dir DIR] [--max-parties N] [--max-peers N] [--rate-limit N]
 
 Runs the control server (HTTP/1.1 JSON API under /v1/) in the foreground until SIGINT/SIGTERM.
   --listen ADDR:PORT  address to serve on, e.g. 0.0.0.0:7777
+  --stun IP:PORT      also answer STUN (UDP) here; repeat it: two IPs and two ports (four
+                      sockets) let members learn their NAT type. A specific IP, not 0.0.0.0
   --state-dir DIR     registry and server key (default: <member state dir>/server)
   --max-parties N     most parties at once (default 1000)
   --max-peers N       most members per party (default 64)
@@ -88,6 +90,7 @@ Prints the public key (fails if `keygen` or `join` has not run yet).";
 
 const STATE_ONLY: Spec = Spec {
     valued: &["state-dir"],
+    repeatable: &[],
     switches: &[],
     positionals: 0,
     positional_names: &[],
@@ -153,6 +156,7 @@ fn keygen(argv: &[String], create: bool) -> Result<(), Failure> {
 fn create(argv: &[String]) -> Result<(), Failure> {
     let spec = Spec {
         valued: &["control", "subnet", "max-peers"],
+        repeatable: &[],
         switches: &["json"],
         positionals: 1,
         positional_names: &["NAME"],
@@ -204,6 +208,7 @@ fn default_name() -> String {
 fn join(argv: &[String]) -> Result<(), Failure> {
     let spec = Spec {
         valued: &["name", "interface", "listen-port", "mtu", "state-dir"],
+        repeatable: &[],
         switches: &[],
         positionals: 1,
         positional_names: &["CODE"],
@@ -245,6 +250,7 @@ fn server(argv: &[String]) -> Result<(), Failure> {
             "rate-limit",
             "relay-secret-file",
         ],
+        repeatable: &["stun"],
         switches: &[],
         positionals: 0,
         positional_names: &[],
@@ -271,6 +277,8 @@ fn server(argv: &[String]) -> Result<(), Failure> {
         .value("relay-secret-file")
         .map(read_relay_secret)
         .transpose()?;
+    let stun = args.parsed_all("stun")?;
+    crate::stun_server::validate(&stun).map_err(Failure::Input)?;
     crate::server::run(ServerOptions {
         listen,
         state_dir,
@@ -278,6 +286,7 @@ fn server(argv: &[String]) -> Result<(), Failure> {
         max_peers,
         rate_per_s,
         relay_secret,
+        stun,
     })
 }
 
@@ -298,6 +307,7 @@ fn read_relay_secret(path: &str) -> Result<Vec<u8>, Failure> {
 fn show_status(argv: &[String]) -> Result<(), Failure> {
     let spec = Spec {
         valued: &["state-dir"],
+        repeatable: &[],
         switches: &["json"],
         positionals: 0,
         positional_names: &[],

@@ -4,7 +4,7 @@
 //! server loop owns sockets, the clock and the store.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
@@ -124,6 +124,8 @@ pub struct Api {
     rate: RateLimiter,
     /// Registered relays.
     pub relays: Relays,
+    /// Addresses the server answers STUN on, for `GET /v1/info`.
+    pub stun: Vec<SocketAddr>,
 }
 
 fn json<T: Serialize>(status: u16, value: &T) -> Outcome {
@@ -167,6 +169,7 @@ impl Api {
             limits,
             rate,
             relays: Relays::default(),
+            stun: Vec::new(),
         }
     }
 
@@ -204,6 +207,7 @@ impl Api {
                     version: env!("CARGO_PKG_VERSION").into(),
                     public_key: self.public.to_string(),
                     time: now,
+                    stun: self.stun.clone(),
                 },
             )),
             (Method::Get, ["v1", "relays"]) => Ok(json(

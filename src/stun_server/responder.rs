@@ -24,7 +24,7 @@ pub const MAX_REPLY_LEN: usize = stun::HEADER_LEN + 4 * 24 + 8;
 pub struct Reply {
     /// Index of the local socket to send from.
     pub socket: usize,
-    /// Where to send it (the request's source).
+    /// Where to send it: the request's source, or its RESPONSE-PORT on the source IP.
     pub dst: SocketAddr,
     /// The STUN message.
     pub payload: Vec<u8>,
@@ -138,6 +138,9 @@ impl Responder {
                 &[stun::attr::CHANGE_REQUEST],
             );
         };
+        // RFC 5780 §7.5: the reply goes to the source IP at RESPONSE-PORT, which redirects
+        // nothing a spoofed source could not have named itself.
+        let dst = SocketAddr::new(from.ip(), request.response_port.unwrap_or(from.port()));
         let mut e = Encoder::new(Class::Success, BINDING, request.transaction);
         e.xor_mapped_address(from)
             .mapped_address(from)
@@ -151,7 +154,7 @@ impl Responder {
         );
         Some(Reply {
             socket: source,
-            dst: from,
+            dst,
             payload: e.finish_with_fingerprint(),
         })
     }
@@ -299,12 +302,28 @@ mod tests {
         let mut e = Encoder::new(Class::Request, BINDING, T);
         e.change_request(ChangeRequest::default());
         let mut bytes = e.finish();
-        // RESPONSE-PORT (RFC 5780 §7.5): optional for servers, not supported here.
-        bytes.extend_from_slice(&[0x00, 0x27, 0, 4, 0x0d, 0x96, 0, 0]);
+        // PADDING (RFC 5780 §7.6): not supported, it exists to make replies large.
+        bytes.extend_from_slice(&[0x00, 0x26, 0, 4, 0, 0, 0, 0]);
         let len = (bytes.len() - 20) as u16;
         bytes[2..4].copy_from_slice(&len.to_be_bytes());
         let reply = grid().handle(0, client(), &bytes, Instant::now()).unwrap();
-        assert_eq!(error_of(&reply), (420, vec![0x0027]));
+        assert_eq!(error_of(&reply), (420, vec![0x0026]));
+    }
+
+    #[test]
+    fn response_port_redirects_to_another_port_of_the_source_ip_only() {
+        let mut e = Encoder::new(Class::Request, BINDING, T);
+        e.response_port(5000);
+        let reply = grid()
+            .handle(0, client(), &e.finish(), Instant::now())
+            .unwrap();
+        assert_eq!(reply.dst, "203.0.113.5:5000".parse().unwrap());
+        let m = Message::parse(&reply.payload).unwrap();
+        assert_eq!(
+            m.xor_mapped_address,
+            Some(client()),
+            "the mapping the request came from"
+        );
     }
 
     #[test]

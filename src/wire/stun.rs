@@ -39,6 +39,8 @@ pub mod attr {
     pub const REALM: u16 = 0x0014;
     /// Long-term credential nonce (§15.8); read past.
     pub const NONCE: u16 = 0x0015;
+    /// Send the response to this port of the request's source IP (RFC 5780 §7.5).
+    pub const RESPONSE_PORT: u16 = 0x0027;
     /// Mapped address XORed with the cookie (and the transaction id for IPv6) (§15.2).
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
     /// The sender's software (§15.10).
@@ -91,7 +93,7 @@ pub enum StunError {
     TruncatedAttribute,
     /// An address attribute has an unknown family or the wrong length.
     BadAddress,
-    /// CHANGE-REQUEST is not 4 bytes.
+    /// CHANGE-REQUEST or RESPONSE-PORT is not 4 bytes.
     BadChangeRequest,
     /// ERROR-CODE is too short or its class/number is out of range.
     BadErrorCode,
@@ -176,6 +178,8 @@ pub struct Message<'a> {
     pub response_origin: Option<SocketAddr>,
     /// CHANGE-REQUEST (RFC 5780).
     pub change_request: Option<ChangeRequest>,
+    /// RESPONSE-PORT (RFC 5780).
+    pub response_port: Option<u16>,
     /// ERROR-CODE.
     pub error_code: Option<ErrorCode<'a>>,
     /// SOFTWARE.
@@ -245,6 +249,7 @@ impl<'a> Message<'a> {
             other_address: None,
             response_origin: None,
             change_request: None,
+            response_port: None,
             error_code: None,
             software: None,
             unknown: UnknownAttributes::default(),
@@ -306,6 +311,11 @@ impl<'a> Message<'a> {
                     port: flags & CHANGE_PORT != 0,
                 });
             }
+            attr::RESPONSE_PORT if self.response_port.is_none() => {
+                let [hi, lo, _, _] =
+                    <[u8; 4]>::try_from(value).map_err(|_| StunError::BadChangeRequest)?;
+                self.response_port = Some(u16::from_be_bytes([hi, lo]));
+            }
             attr::ERROR_CODE if self.error_code.is_none() => {
                 if value.len() < 4 {
                     return Err(StunError::BadErrorCode);
@@ -325,6 +335,7 @@ impl<'a> Message<'a> {
             | attr::OTHER_ADDRESS
             | attr::RESPONSE_ORIGIN
             | attr::CHANGE_REQUEST
+            | attr::RESPONSE_PORT
             | attr::ERROR_CODE
             | attr::SOFTWARE
             | attr::USERNAME
@@ -469,6 +480,12 @@ impl Encoder {
         let flags =
             if change.ip { CHANGE_IP } else { 0 } | if change.port { CHANGE_PORT } else { 0 };
         self.attribute(attr::CHANGE_REQUEST, &[0, 0, 0, flags])
+    }
+
+    /// RESPONSE-PORT (RFC 5780 §7.5).
+    pub fn response_port(&mut self, port: u16) -> &mut Self {
+        let [hi, lo] = port.to_be_bytes();
+        self.attribute(attr::RESPONSE_PORT, &[hi, lo, 0, 0])
     }
 
     /// ERROR-CODE with `code` in 300..=699 (clamped) and a reason phrase (cut to 763 bytes).

@@ -144,6 +144,12 @@ fn every_attribute_round_trips_for_both_families() {
         })
     );
     assert!(!m.fingerprint);
+    let mut e = Encoder::new(Class::Request, BINDING, t);
+    e.response_port(54064);
+    assert_eq!(
+        Message::parse(&e.finish()).unwrap().response_port,
+        Some(54064)
+    );
     let mut e = Encoder::new(Class::Error, BINDING, t);
     e.error_code(420, "Unknown Attribute")
         .unknown_attributes(&[0x0003, 0x0024]);
@@ -217,7 +223,7 @@ fn malformed_attributes_are_rejected() {
         Message::parse(&truncated),
         Err(StunError::TruncatedAttribute)
     );
-    let cases: [(Attrs, StunError); 6] = [
+    let cases: [(Attrs, StunError); 7] = [
         (
             &[(attr::XOR_MAPPED_ADDRESS, &[0, 3, 0, 1, 1, 2, 3, 4])],
             StunError::BadAddress,
@@ -228,6 +234,10 @@ fn malformed_attributes_are_rejected() {
         ),
         (
             &[(attr::CHANGE_REQUEST, &[0, 0, 6])],
+            StunError::BadChangeRequest,
+        ),
+        (
+            &[(attr::RESPONSE_PORT, &[0, 1])],
             StunError::BadChangeRequest,
         ),
         (
@@ -269,7 +279,7 @@ fn first_of_repeated_attributes_counts_and_nothing_after_integrity_is_read() {
         (attr::MAPPED_ADDRESS, &b),
         (attr::MESSAGE_INTEGRITY, &[0; 20]),
         (attr::SOFTWARE, b"after"),
-        (0x0024, &[0; 4]),
+        (0x0026, &[0; 4]),
     ]);
     let m = Message::parse(&bytes).unwrap();
     assert_eq!(m.mapped_address, Some("192.0.2.1:3478".parse().unwrap()));
@@ -280,13 +290,15 @@ fn first_of_repeated_attributes_counts_and_nothing_after_integrity_is_read() {
 #[test]
 fn unknown_required_attributes_are_collected_optional_ones_skipped() {
     let bytes = with_attributes(&[
-        (0x0027, &[0x0d, 0x96, 0, 0]), // RESPONSE-PORT: not supported
-        (0x8029, &[0; 8]),             // ICE-CONTROLLED: optional
-        (0x0026, &[0; 4]),             // PADDING: not supported
-        (0x0027, &[0; 4]),             // repeated: listed once
+        (0x0024, &[0; 4]),                          // PRIORITY (ICE): not ours
+        (0x8029, &[0; 8]),                          // ICE-CONTROLLED: optional
+        (0x0026, &[0; 4]),                          // PADDING: not supported
+        (0x0024, &[0; 4]),                          // repeated: listed once
+        (attr::RESPONSE_PORT, &[0x0d, 0x96, 0, 0]), // known
     ]);
     let m = Message::parse(&bytes).unwrap();
-    assert_eq!(m.unknown.as_slice(), &[0x0027, 0x0026]);
+    assert_eq!(m.unknown.as_slice(), &[0x0024, 0x0026]);
+    assert_eq!(m.response_port, Some(3478));
 }
 
 #[test]
