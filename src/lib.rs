@@ -13,6 +13,7 @@ pub mod failure;
 #[doc(hidden)]
 pub mod fuzz_entry;
 pub mod identity;
+pub mod nat;
 pub mod random;
 pub mod server;
 pub mod state_dir;
