@@ -16,6 +16,8 @@ pub mod identity;
 pub mod nat;
 pub mod random;
 pub mod server;
+#[cfg(test)]
+pub mod sim;
 pub mod state_dir;
 pub mod status;
 pub mod stun_server;
