@@ -278,7 +278,7 @@ fn server(argv: &[String]) -> Result<(), Failure> {
         .map(read_relay_secret)
         .transpose()?;
     let stun = args.parsed_all("stun")?;
-    crate::stun_server::validate(&stun).map_err(Failure::Input)?;
+    crate::stun_server::validate(&stun).map_err(|e| Failure::Input(format!("--stun {e}")))?;
     crate::server::run(ServerOptions {
         listen,
         state_dir,

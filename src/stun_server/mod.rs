@@ -26,15 +26,15 @@ pub fn validate(addrs: &[SocketAddr]) -> Result<(), String> {
     for (i, addr) in addrs.iter().enumerate() {
         if addr.ip().is_unspecified() {
             return Err(format!(
-                "--stun {addr}: give a specific IP address, not {}: replies must leave from a known address",
+                "{addr}: give a specific IP address, not {}: replies must leave from a known address",
                 addr.ip()
             ));
         }
         if addr.port() == 0 {
-            return Err(format!("--stun {addr}: give a port (e.g. 3478)"));
+            return Err(format!("{addr}: give a port (e.g. 3478)"));
         }
         if addrs[..i].contains(addr) {
-            return Err(format!("--stun {addr} given twice"));
+            return Err(format!("{addr} given twice"));
         }
     }
     Ok(())
