@@ -16,6 +16,7 @@ have conntrack || need+=(conntrack)
 have iperf3 || need+=(iperf3)
 have socat || need+=(socat)
 have openssl || need+=(openssl)
+have turnutils_natdiscovery || need+=(coturn) # RFC 5780 STUN clients for tests/stun_interop.rs
 
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"

@@ -12,9 +12,11 @@ use serde::Serialize;
 use crate::control::code::JoinCode;
 use crate::control::http_api::{ChallengeRequest, CreatePartyRequest, HeartbeatBody, JoinBody};
 use crate::control::registry::Registry;
+use crate::stun_server::responder::{Responder, MAX_REPLY_LEN};
 use crate::wire::http::{self, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 use crate::wire::ip::Ipv4View;
 use crate::wire::relay::{self, Frame};
+use crate::wire::stun::{self, Class, Encoder, Message};
 use crate::wire::wg::{self, Datagram};
 
 /// A target body: takes any bytes, returns whether the parser accepted them.
@@ -29,6 +31,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("http_request", http_request),
     ("api_bodies", api_bodies),
     ("relay_frame", relay_frame),
+    ("stun", stun),
 ];
 
 /// `Ipv4View::parse`; on success the accessors must read the fixed header (RFC 791 §3.1).
@@ -284,5 +287,94 @@ pub fn relay_frame(data: &[u8]) -> bool {
         data,
         "a parsed frame does not write back the same"
     );
+    true
+}
+
+/// `wire::stun::Message::parse`, and the STUN responder on the same bytes. An accepted
+/// message passes the demux rule, has the length its header says, and its attributes survive
+/// being encoded again; the responder answers exactly the requests, once, from one of its
+/// sockets, to the sender, for the same transaction, within `MAX_REPLY_LEN`.
+pub fn stun(data: &[u8]) -> bool {
+    let sockets = [
+        "192.0.2.1:3478",
+        "192.0.2.1:3479",
+        "192.0.2.2:3478",
+        "192.0.2.2:3479",
+    ]
+    .map(|s| s.parse().expect("valid address"));
+    let from = "203.0.113.5:40001".parse().expect("valid address");
+    let reply = Responder::with_rate(sockets.to_vec(), 0, 0).handle(
+        0,
+        from,
+        data,
+        std::time::Instant::now(),
+    );
+    let Ok(m) = Message::parse(data) else {
+        assert_eq!(reply, None, "answered input that does not parse");
+        return false;
+    };
+    assert!(stun::is_stun(data));
+    assert_eq!(
+        data.len(),
+        stun::HEADER_LEN + usize::from(u16::from_be_bytes([data[2], data[3]]))
+    );
+    assert_eq!(m.transaction, data[8..20]);
+    let mut e = Encoder::new(m.class, m.method, m.transaction);
+    if let Some(a) = m.xor_mapped_address {
+        e.xor_mapped_address(a);
+    }
+    if let Some(a) = m.mapped_address {
+        e.mapped_address(a);
+    }
+    if let Some(a) = m.other_address {
+        e.other_address(a);
+    }
+    if let Some(a) = m.response_origin {
+        e.response_origin(a);
+    }
+    if let Some(c) = m.change_request {
+        e.change_request(c);
+    }
+    if let Some(p) = m.response_port {
+        e.response_port(p);
+    }
+    if let Some(c) = m.error_code {
+        e.error_code(c.code, c.reason);
+    }
+    if let Some(s) = m.software {
+        e.software(s);
+    }
+    let written = e.finish_with_fingerprint();
+    match Message::parse(&written) {
+        Ok(again) => assert_eq!(
+            again,
+            Message {
+                fingerprint: true,
+                unknown: again.unknown,
+                ..m
+            },
+            "attributes changed through an encode and parse"
+        ),
+        Err(e) => panic!("an encoded message does not parse: {e:?}"),
+    }
+    match reply {
+        None => assert_ne!(m.class, Class::Request, "a request went unanswered"),
+        Some(r) => {
+            assert_eq!(m.class, Class::Request, "answered a {:?}", m.class);
+            assert!(r.socket < sockets.len() && r.dst.ip() == from.ip());
+            assert!(
+                r.payload.len() <= MAX_REPLY_LEN,
+                "{}-byte reply",
+                r.payload.len()
+            );
+            match Message::parse(&r.payload) {
+                Ok(answer) => {
+                    assert_eq!(answer.transaction, m.transaction);
+                    assert!(matches!(answer.class, Class::Success | Class::Error));
+                }
+                Err(e) => panic!("our reply does not parse: {e:?}"),
+            }
+        }
+    }
     true
 }

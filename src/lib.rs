@@ -15,9 +15,13 @@ pub mod failure;
 pub mod fuzz_entry;
 pub mod identity;
 pub mod logging;
+pub mod nat;
 pub mod random;
 pub mod relay;
 pub mod server;
+#[cfg(test)]
+pub mod sim;
 pub mod state_dir;
 pub mod status;
+pub mod stun_server;
 pub mod wire;

@@ -9,8 +9,10 @@ use crate::failure::Failure;
 
 /// One command's accepted flags.
 pub struct Spec {
-    /// Flags that take a value.
+    /// Flags that take a value, at most once.
     pub valued: &'static [&'static str],
+    /// Flags that take a value and may be given several times.
+    pub repeatable: &'static [&'static str],
     /// Flags that are on/off.
     pub switches: &'static [&'static str],
     /// Exactly how many positionals.
@@ -24,7 +26,7 @@ pub struct Spec {
 pub struct Args {
     /// Positional arguments in order.
     pub positionals: Vec<String>,
-    values: BTreeMap<&'static str, String>,
+    values: BTreeMap<&'static str, Vec<String>>,
     switches: Vec<&'static str>,
     /// Where values that did not come from the command line came from, for errors.
     origins: BTreeMap<&'static str, String>,
@@ -41,16 +43,20 @@ impl Args {
                     Some((n, v)) => (n, Some(v.to_string())),
                     None => (flag, None),
                 };
-                if let Some(known) = spec.valued.iter().find(|v| **v == name) {
+                let once = spec.valued.iter().find(|v| **v == name);
+                let many = spec.repeatable.iter().find(|v| **v == name);
+                if let Some(known) = once.or(many) {
                     let value = match inline {
                         Some(v) => v,
                         None => iter.next().cloned().ok_or_else(|| {
                             Failure::Usage(format!("{command}: --{name} needs a value"))
                         })?,
                     };
-                    if args.values.insert(known, value).is_some() {
+                    let values = args.values.entry(known).or_default();
+                    if once.is_some() && !values.is_empty() {
                         return Err(Failure::Usage(format!("{command}: --{name} given twice")));
                     }
+                    values.push(value);
                 } else if let Some(known) = spec.switches.iter().find(|s| **s == name) {
                     if inline.is_some() {
                         return Err(Failure::Usage(format!(
@@ -126,7 +132,7 @@ impl Args {
         section: Option<&Section>,
         origin: &str,
     ) -> Result<(), Failure> {
-        for name in spec.valued {
+        for name in spec.valued.iter().chain(spec.repeatable) {
             if self.values.contains_key(name) {
                 continue;
             }
@@ -138,7 +144,13 @@ impl Args {
                     .map(|(v, line)| (v.clone(), format!("{origin} line {line}"))),
             };
             if let Some((value, from)) = found {
-                self.values.insert(name, value);
+                // A repeatable flag takes a comma-separated list from these sources.
+                let values = if spec.repeatable.contains(name) {
+                    value.split(',').map(|v| v.trim().to_string()).collect()
+                } else {
+                    vec![value]
+                };
+                self.values.insert(name, values);
                 self.origins.insert(name, from);
             }
         }
@@ -163,9 +175,22 @@ impl Args {
         Ok(())
     }
 
-    /// Value of a valued flag.
+    /// Value of a valued flag (the first, for a repeatable one).
     pub fn value(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
+        self.values.get(name)?.first().map(String::as_str)
+    }
+
+    /// Every value of a repeatable flag, in command-line order, each parsed with `FromStr`.
+    pub fn parsed_all<T: std::str::FromStr>(&self, name: &str) -> Result<Vec<T>, Failure> {
+        self.values
+            .get(name)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| Failure::Input(format!("--{name}: invalid value {v:?}")))
+            })
+            .collect()
     }
 
     /// Whether a switch was given.
@@ -232,6 +257,7 @@ mod tests {
 
     const SPEC: Spec = Spec {
         valued: &["mtu", "name"],
+        repeatable: &["stun"],
         switches: &["json"],
         positionals: 1,
         positional_names: &["CODE"],
@@ -253,6 +279,21 @@ mod tests {
         assert_eq!(a.parsed::<u16>("mtu").unwrap(), Some(1400));
         assert_eq!(a.value("name"), Some("bob"));
         assert!(a.switch("json"));
+        assert_eq!(a.parsed_all::<u16>("stun").unwrap(), Vec::<u16>::new());
+    }
+
+    #[test]
+    fn repeatable_flags_keep_every_value_in_order() {
+        let a = Args::parse(
+            "join",
+            &argv(&["c", "--stun", "1", "--stun=2", "--stun", "3"]),
+            &SPEC,
+        )
+        .unwrap();
+        assert_eq!(a.parsed_all::<u16>("stun").unwrap(), vec![1, 2, 3]);
+        assert_eq!(a.value("stun"), Some("1"));
+        let bad = Args::parse("join", &argv(&["c", "--stun", "x"]), &SPEC).unwrap();
+        assert_eq!(bad.parsed_all::<u16>("stun").unwrap_err().exit_code(), 3);
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl Config {
                     "{key:?} is outside a section; put it under [join], [server], …"
                 )));
             };
-            let valued = spec.valued.contains(&key);
+            let valued = spec.valued.contains(&key) || spec.repeatable.contains(&key);
             let switch = spec.switches.contains(&key);
             if !valued && !switch || key == "config" {
                 return Err(at(format!("[{command}] has no setting {key:?}")));
@@ -136,12 +136,14 @@ mod tests {
 
     const JOIN: Spec = Spec {
         valued: &["name", "mtu"],
+        repeatable: &[],
         switches: &["background"],
         positionals: 1,
         positional_names: &["CODE"],
     };
     const SERVER: Spec = Spec {
         valued: &["listen"],
+        repeatable: &[],
         switches: &[],
         positionals: 0,
         positional_names: &[],

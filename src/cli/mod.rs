@@ -72,10 +72,12 @@ with the state directory, it says so and exits 0.
   --syslog            log to the system log (/dev/log) instead of standard error";
 
 const HELP_SERVER: &str = "\
-Usage: lanparty-lite server --listen ADDR:PORT [--state-dir DIR] [--max-parties N] [--max-peers N] [--rate-limit N]
+Usage: lanparty-lite server --listen ADDR:PORT [--stun IP:PORT]... [--state-dir DIR] [--max-parties N] [--max-peers N] [--rate-limit N]
 
 Runs the control server (HTTP/1.1 JSON API under /v1/) in the foreground until SIGINT/SIGTERM.
   --listen ADDR:PORT  address to serve on, e.g. 0.0.0.0:7777
+  --stun IP:PORT      also answer STUN (UDP) here; repeat it: two IPs and two ports (four
+                      sockets) let members learn their NAT type. A specific IP, not 0.0.0.0
   --state-dir DIR     registry and server key (default: <member state dir>/server)
   --max-parties N     most parties at once (default 1000)
   --max-peers N       most members per party (default 64)
@@ -106,6 +108,7 @@ Prints the public key (fails if `keygen` or `join` has not run yet).";
 
 const STATE_ONLY: Spec = Spec {
     valued: &["state-dir"],
+    repeatable: &[],
     switches: &[],
     positionals: 0,
     positional_names: &[],
@@ -113,6 +116,7 @@ const STATE_ONLY: Spec = Spec {
 
 const CREATE: Spec = Spec {
     valued: &["control", "subnet", "max-peers"],
+    repeatable: &[],
     switches: &["json"],
     positionals: 1,
     positional_names: &["NAME"],
@@ -127,6 +131,7 @@ const JOIN: Spec = Spec {
         "broadcast-rate",
         "state-dir",
     ],
+    repeatable: &[],
     switches: &["broadcast-route", "background", "replace", "syslog"],
     positionals: 1,
     positional_names: &["CODE"],
@@ -141,6 +146,7 @@ const SERVER: Spec = Spec {
         "rate-limit",
         "relay-secret-file",
     ],
+    repeatable: &["stun"],
     switches: &[],
     positionals: 0,
     positional_names: &[],
@@ -148,6 +154,7 @@ const SERVER: Spec = Spec {
 
 const STATUS: Spec = Spec {
     valued: &["state-dir"],
+    repeatable: &[],
     switches: &["json"],
     positionals: 0,
     positional_names: &[],
@@ -342,6 +349,8 @@ fn server(argv: &[String]) -> Result<(), Failure> {
         .value("relay-secret-file")
         .map(read_relay_secret)
         .transpose()?;
+    let stun = args.parsed_all("stun")?;
+    crate::stun_server::validate(&stun).map_err(|e| Failure::Input(format!("--stun {e}")))?;
     crate::server::run(ServerOptions {
         listen,
         state_dir,
@@ -349,6 +358,7 @@ fn server(argv: &[String]) -> Result<(), Failure> {
         max_peers,
         rate_per_s,
         relay_secret,
+        stun,
     })
 }
 

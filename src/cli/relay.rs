@@ -36,6 +36,7 @@ pub(super) const SPEC: Spec = Spec {
         "client-bytes-per-s",
         "advertise",
     ],
+    repeatable: &[],
     switches: &[],
     positionals: 0,
     positional_names: &[],

@@ -19,6 +19,10 @@ pub struct Info {
     pub public_key: String,
     /// Server clock, Unix seconds.
     pub time: u64,
+    /// UDP addresses the server answers STUN Binding requests on (`server --stun`); empty
+    /// when it answers none (and from servers older than this field).
+    #[serde(default)]
+    pub stun: Vec<SocketAddr>,
 }
 
 /// `POST /v1/parties`.

@@ -4,7 +4,7 @@
 //! server loop owns sockets, the clock and the store.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -126,6 +126,8 @@ pub struct Api {
     rate: RateLimiter,
     /// Registered relays.
     pub relays: Relays,
+    /// Addresses the server answers STUN on, for `GET /v1/info`.
+    pub stun: Vec<SocketAddr>,
 }
 
 fn json<T: Serialize>(status: u16, value: &T) -> Outcome {
@@ -169,6 +171,7 @@ impl Api {
             limits,
             rate,
             relays: Relays::default(),
+            stun: Vec::new(),
         }
     }
 
@@ -206,6 +209,7 @@ impl Api {
                     version: env!("CARGO_PKG_VERSION").into(),
                     public_key: self.public.to_string(),
                     time: now,
+                    stun: self.stun.clone(),
                 },
             )),
             (Method::Get, ["v1", "relays"]) => Ok(json(

@@ -25,6 +25,7 @@ use crate::control::unix_now;
 use crate::daemon::signals;
 use crate::failure::Failure;
 use crate::identity::{self, Identity};
+use crate::stun_server::StunServer;
 use api::{Api, Limits, Outcome};
 use conn::{Conn, Input, Parked};
 use rate::RateLimiter;
@@ -59,6 +60,8 @@ pub struct ServerOptions {
     pub rate_per_s: u32,
     /// Secret shared with relays (registration is refused without one).
     pub relay_secret: Option<Vec<u8>>,
+    /// UDP addresses to answer STUN on (specific IPs), listed in `GET /v1/info`.
+    pub stun: Vec<SocketAddr>,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -77,6 +80,15 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
         .map_err(|e| Failure::Network(e.to_string()))?;
     // SAFETY: a listening socket; listen(2) again only raises its backlog.
     unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) };
+    // Runs until this function returns (dropping it stops the thread).
+    let stun = if opts.stun.is_empty() {
+        None
+    } else {
+        let server = StunServer::start(&opts.stun)
+            .map_err(|e| Failure::Network(format!("cannot answer STUN: {e}")))?;
+        log::info!("answering STUN on {:?}", server.addresses());
+        Some(server)
+    };
     let mut poll = Poll::new().map_err(|e| Failure::System(e.to_string()))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
@@ -98,6 +110,9 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
         key.public
     );
     println!("listening on {local}");
+    for addr in &opts.stun {
+        println!("stun on {addr}");
+    }
     let limits = Limits {
         max_parties: opts.max_parties,
         max_peers: opts.max_peers,
@@ -109,6 +124,7 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
         RateLimiter::new(opts.rate_per_s, opts.rate_per_s.saturating_mul(2)),
     );
     api.relays = relays::Relays::new(opts.relay_secret);
+    api.stun = opts.stun.clone();
     let mut server = Server {
         api,
         store,
@@ -120,6 +136,7 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
     server
         .run(&mut poll, &mut listener, &stop)
         .map_err(|e| Failure::System(format!("server loop: {e}")))?;
+    drop(stun);
     log::info!("control server stopped");
     Ok(())
 }
