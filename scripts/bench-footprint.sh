@@ -111,7 +111,8 @@ linkage() { [[ -n $1 && -f $1 ]] && { file -b "$1" | grep -Eo 'statically linked
 
 # party_run BIN LABEL : prints "IDLE_RSS_KIB WAKEUPS_PER_S LOAD_RSS_KIB PEAK_KIB MBITS CONNECTED"
 party_run() {
-	local bin=$1 label=$2 n=$((PEERS + 1)) lan="$TAG-$label-lan" srv="$TAG-$label-srv" i
+	local bin=$1 label=$2 n=$((PEERS + 1)) i
+	local lan="$TAG-$label-lan" srv="$TAG-$label-srv"
 	make_netns "$lan"
 	ip -n "$lan" link add br0 type bridge
 	ip -n "$lan" link set br0 up
@@ -144,10 +145,12 @@ party_run() {
 			grep -c '"state": "connected"' || true)
 		((connected >= PEERS)) && break
 		# Traffic from every peer to m0 brings each tunnel up.
+		local pings=()
 		for ((i = 1; i < n; i++)); do
 			ip netns exec "$TAG-$label-m$i" ping -c 1 -W 1 10.66.0.1 >/dev/null 2>&1 &
+			pings+=("$!")
 		done
-		wait
+		wait "${pings[@]}" || true
 		sleep 0.2
 	done
 	((connected >= PEERS)) || warn "$label: only $connected of $PEERS peers connected"

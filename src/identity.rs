@@ -36,6 +36,13 @@ impl Key {
     pub fn short_id(&self) -> String {
         self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// The member id relays know this key by: its first 6 bytes (`short_id`, decoded).
+    pub fn member_id(&self) -> crate::wire::relay::MemberId {
+        let mut id = [0u8; 6];
+        id.copy_from_slice(&self.0[..6]);
+        crate::wire::relay::MemberId(id)
+    }
 }
 
 impl fmt::Display for Key {
