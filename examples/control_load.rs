@@ -706,6 +706,7 @@ fn join_member(
         name: format!("m{n}"),
         public_key: public.to_string(),
         endpoints: endpoints.clone(),
+        reach: Default::default(),
         nonce: challenge.nonce,
         proof,
     };
@@ -836,6 +837,7 @@ fn heartbeat_worker(
         );
         let body = HeartbeatBody {
             endpoints: m.endpoints.clone(),
+            reach: Default::default(),
         };
         let r = http.call("POST", &path, Some(&m.token), Some(&body));
         if let Some(r) = samples.record("heartbeat", sent, r) {

@@ -46,6 +46,34 @@ pub struct SelfStatus {
     /// LAN broadcast and multicast of this member.
     #[serde(default)]
     pub broadcast: SelfBroadcast,
+    /// `open`, `full_cone`, `restricted_cone`, `port_restricted_cone`, `symmetric` or
+    /// `unknown`.
+    #[serde(default = "unknown")]
+    pub nat_type: String,
+    /// The UDP socket's address as the control server's STUN responder sees it.
+    #[serde(default)]
+    pub public_endpoint: Option<String>,
+    /// The home relay (where peers with a larger member id meet us).
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// Every relay this member keeps a binding with.
+    #[serde(default)]
+    pub relays: Vec<RelayStatus>,
+}
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+/// One relay a member keeps a binding with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// Its UDP address.
+    pub address: String,
+    /// Whether the binding is up.
+    pub bound: bool,
+    /// Smoothed round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
 }
 
 /// This member's LAN broadcast and multicast.
@@ -104,6 +132,15 @@ pub struct PeerStatus {
     /// LAN broadcast and multicast with this peer.
     #[serde(default)]
     pub broadcast: PeerBroadcastStatus,
+    /// The relay we meet this peer at (used when no direct path works).
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// What our two NATs allow: `direct`, `relay` or `try_relay_first` (a NAT is unknown).
+    #[serde(default = "unknown")]
+    pub prediction: String,
+    /// Seconds from adding the peer to the first direct packet.
+    #[serde(default)]
+    pub time_to_direct_s: Option<f64>,
 }
 
 fn or_dash<T: ToString>(value: &Option<T>) -> String {
@@ -231,6 +268,10 @@ mod tests {
                     dropped: 1,
                     dropped_from_peers: 2,
                 },
+                nat_type: "full_cone".into(),
+                public_endpoint: Some("203.0.113.1:40000".into()),
+                relay: None,
+                relays: vec![],
             },
             peers: vec![PeerStatus {
                 id: "2233".into(),
@@ -249,6 +290,9 @@ mod tests {
                     received: 7,
                     dropped: 2,
                 },
+                relay: None,
+                prediction: "direct".into(),
+                time_to_direct_s: Some(0.5),
             }],
         }
     }

@@ -84,6 +84,7 @@ fn request(key: Key, endpoints: Vec<SocketAddr>) -> JoinRequest {
         name: format!("m-{}", key.short_id()),
         public_key: key,
         endpoints,
+        reach: Default::default(),
     }
 }
 
@@ -112,7 +113,7 @@ fn churn(mut control: FileControl, party: &str, worker: u8) {
         let endpoints = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))];
         let result = match rng.next() % 3 {
             0 => control.join(party, request(k, endpoints)).map(drop),
-            1 => control.heartbeat(party, &k.short_id(), &endpoints),
+            1 => control.heartbeat(party, &k.short_id(), &endpoints, &Default::default()),
             _ => control.leave(party, &k.short_id()),
         };
         match result {

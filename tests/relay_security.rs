@@ -192,6 +192,7 @@ impl Lab {
                     name: format!("member{n}"),
                     public_key: public,
                     endpoints: vec![],
+                    reach: Default::default(),
                 },
             )
             .unwrap();

@@ -189,6 +189,7 @@ fn worker(w: usize, code: JoinCode, log: Arc<Log>, stop: Arc<AtomicBool>) {
             name: format!("w{w}-{n}"),
             public_key: public,
             endpoints: vec![format!("127.0.0.1:{}", 10_000 + w).parse().unwrap()],
+            reach: Default::default(),
         };
         match client.join(&code.party_id, req) {
             Ok(member) => {

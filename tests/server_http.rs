@@ -159,6 +159,7 @@ fn join(url: &str, party: &Party, n: u8) -> (Box<dyn ControlPlane>, String) {
                 name: format!("member{n}"),
                 public_key: public,
                 endpoints: vec![SocketAddr::from(([198, 51, 100, n], 51820))],
+                reach: Default::default(),
             },
         )
         .expect("join");
@@ -171,6 +172,7 @@ fn join_request(n: u8) -> JoinRequest {
         name: format!("member{n}"),
         public_key: identity(n).1,
         endpoints: vec![],
+        reach: Default::default(),
     }
 }
 
@@ -290,7 +292,9 @@ fn a_member_creates_joins_reads_heartbeats_and_leaves_over_http() {
     assert!(ips.contains(&"10.66.0.1".to_string()) && ips.contains(&"10.66.0.2".to_string()));
 
     let moved: SocketAddr = "203.0.113.5:40000".parse().unwrap();
-    alice.heartbeat(&party.id, &alice_id, &[moved]).unwrap();
+    alice
+        .heartbeat(&party.id, &alice_id, &[moved], &Default::default())
+        .unwrap();
     let after = bob.roster(&party.id).unwrap();
     assert!(after.version > roster.version);
     let seen = after.members.iter().find(|m| m.id == alice_id).unwrap();
@@ -300,7 +304,7 @@ fn a_member_creates_joins_reads_heartbeats_and_leaves_over_http() {
     assert_eq!(member_ids(&mut alice, &party.id), vec![alice_id.clone()]);
     assert!(
         matches!(
-            bob.heartbeat(&party.id, &bob_id, &[]),
+            bob.heartbeat(&party.id, &bob_id, &[], &Default::default()),
             Err(ControlError::UnknownMember(_))
         ),
         "a member that left must join again"
@@ -471,10 +475,12 @@ fn a_restarted_server_keeps_its_members_and_honours_their_tokens() {
 
     // A request may meet the dead server's pooled connection once; the member retries.
     let endpoints = [SocketAddr::from(([198, 51, 100, 1], 51820))];
-    let first = alice.heartbeat(&party.id, &alice_id, &endpoints);
+    let first = alice.heartbeat(&party.id, &alice_id, &endpoints, &Default::default());
     if let Err(e) = &first {
         eprintln!("first heartbeat after the restart failed: {e}");
-        alice.heartbeat(&party.id, &alice_id, &endpoints).unwrap();
+        alice
+            .heartbeat(&party.id, &alice_id, &endpoints, &Default::default())
+            .unwrap();
     }
     let after = alice.roster(&party.id).unwrap();
     assert_eq!(after.members, {

@@ -174,6 +174,7 @@ fn https_control_urls_work_with_a_trusted_ca_and_fail_without() {
                 name: "alice".into(),
                 public_key: public,
                 endpoints: vec![],
+                reach: Default::default(),
             },
         )
         .unwrap();

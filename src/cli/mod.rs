@@ -49,8 +49,8 @@ Creates a party and prints its join code as the last line of output.
 
 const HELP_JOIN: &str = "\
 Usage: lanparty-lite join CODE [--name NAME] [--interface IF] [--listen-port PORT] [--mtu N]
-                          [--broadcast-route] [--broadcast-rate N] [--state-dir DIR]
-                          [--background] [--replace] [--syslog]
+                          [--broadcast-route] [--broadcast-rate N] [--relay IP:PORT]
+                          [--state-dir DIR] [--background] [--replace] [--syslog]
 
 Joins the party and runs in the foreground until SIGINT/SIGTERM or `lanparty-lite leave`.
 Creates the key pair on first use. Safe to run again (from cron): if this party already runs
@@ -64,6 +64,7 @@ with the state directory, it says so and exits 0.
                       (this host's other LAN broadcasts then go to the party instead)
   --broadcast-rate N  broadcast/multicast packets per second sent to the party, and accepted
                       from each member (default 200; 0 turns LAN discovery off)
+  --relay IP:PORT     relay to use when the control server lists none
   --state-dir DIR     key and socket directory (env LANPARTY_STATE_DIR)
   --background        detach (own session; output to member.log in the state directory) and
                       return once the member is up, or failed with its reason and exit code
@@ -129,6 +130,7 @@ const JOIN: Spec = Spec {
         "listen-port",
         "mtu",
         "broadcast-rate",
+        "relay",
         "state-dir",
     ],
     repeatable: &[],
@@ -317,6 +319,7 @@ fn join(argv: &[String]) -> Result<(), Failure> {
         broadcast_rate,
         broadcast_route: args.switch("broadcast-route"),
         replace: args.switch("replace"),
+        relay: args.parsed("relay")?,
     };
     if args.switch("background") {
         let mut member_argv = vec!["join".to_string()];

@@ -9,7 +9,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::registry::{JoinRequest, Member, NewParty, Registry};
-use super::{unix_now, ControlError, ControlPlane, CreatedParty, JoinCode, Roster};
+use super::{unix_now, ControlError, ControlPlane, CreatedParty, JoinCode, Reach, Roster};
 use crate::atomic_file;
 use crate::random;
 
@@ -164,8 +164,9 @@ impl ControlPlane for FileControl {
         party_id: &str,
         member_id: &str,
         endpoints: &[SocketAddr],
+        reach: &Reach,
     ) -> Result<(), ControlError> {
-        self.update(|r, now| r.heartbeat(party_id, member_id, endpoints.to_vec(), now))
+        self.update(|r, now| r.heartbeat(party_id, member_id, endpoints.to_vec(), *reach, now))
     }
 
     fn leave(&mut self, party_id: &str, member_id: &str) -> Result<(), ControlError> {
@@ -210,6 +211,7 @@ mod tests {
             name: format!("m{n}"),
             public_key: Key(k),
             endpoints: vec![],
+            reach: Default::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use base64::Engine;
 
 use super::http_api::*;
 use super::registry::{JoinRequest, Member, NewParty};
-use super::{proof, ControlError, ControlPlane, CreatedParty, JoinCode, Roster};
+use super::{proof, ControlError, ControlPlane, CreatedParty, JoinCode, Reach, Roster};
 use crate::identity::Key;
 use crate::relay::client::Grant;
 use crate::server::relays::{Registration, RelayInfo};
@@ -36,6 +36,8 @@ pub struct HttpControl {
     identity: Option<StaticSecret>,
     token: Arc<Mutex<Option<String>>>,
     agent: ureq::Agent,
+    /// The server's STUN addresses, from `GET /v1/info` when joining.
+    stun: Vec<SocketAddr>,
 }
 
 /// Environment variable naming a PEM file of root certificates to trust for `https://`
@@ -89,6 +91,7 @@ impl HttpControl {
             identity,
             token: Arc::new(Mutex::new(None)),
             agent: agent()?,
+            stun: Vec::new(),
         })
     }
 
@@ -282,6 +285,7 @@ impl ControlPlane for HttpControl {
         let server_key = Key::parse(&info.public_key).ok_or_else(|| {
             ControlError::Unavailable(format!("{}: not a lanparty-lite server", self.base))
         })?;
+        self.stun = info.stun;
         let challenge: ChallengeReply = self.call(
             "POST",
             &format!("/v1/parties/{party_id}/challenge"),
@@ -297,6 +301,7 @@ impl ControlPlane for HttpControl {
             name: req.name,
             public_key: req.public_key.to_string(),
             endpoints: req.endpoints,
+            reach: req.reach,
             nonce: challenge.nonce,
             proof,
         };
@@ -315,9 +320,11 @@ impl ControlPlane for HttpControl {
         party_id: &str,
         member_id: &str,
         endpoints: &[SocketAddr],
+        reach: &Reach,
     ) -> Result<(), ControlError> {
         let body = HeartbeatBody {
             endpoints: endpoints.to_vec(),
+            reach: *reach,
         };
         let reply: TokenReply = self.call(
             "POST",
@@ -351,5 +358,17 @@ impl ControlPlane for HttpControl {
 
     fn try_clone(&self) -> Box<dyn ControlPlane> {
         Box::new(self.clone())
+    }
+
+    fn stun_servers(&self) -> Vec<SocketAddr> {
+        self.stun.clone()
+    }
+
+    fn list_relays(&mut self) -> Result<Vec<RelayInfo>, ControlError> {
+        self.relays()
+    }
+
+    fn ticket(&mut self, party_id: &str) -> Result<Grant, ControlError> {
+        self.relay_ticket(party_id)
     }
 }

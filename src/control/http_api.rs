@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::registry::Member;
+use super::Reach;
 
 /// `GET /v1/info`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,6 +82,9 @@ pub struct JoinBody {
     /// Where the member's UDP socket can be reached.
     #[serde(default)]
     pub endpoints: Vec<SocketAddr>,
+    /// NAT, public address and relay.
+    #[serde(default, flatten)]
+    pub reach: Reach,
     /// Nonce from the challenge.
     pub nonce: String,
     /// Proof of key possession (see `control::proof`).
@@ -104,6 +108,9 @@ pub struct HeartbeatBody {
     /// Current endpoints.
     #[serde(default)]
     pub endpoints: Vec<SocketAddr>,
+    /// NAT, public address and relay.
+    #[serde(default, flatten)]
+    pub reach: Reach,
 }
 
 /// Reply to a heartbeat or token refresh.

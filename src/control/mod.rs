@@ -18,6 +18,26 @@ use serde::{Deserialize, Serialize};
 pub use code::JoinCode;
 pub use registry::{JoinRequest, Member, NewParty};
 
+use crate::nat::NatType;
+use crate::relay::client::Grant;
+use crate::server::relays::RelayInfo;
+
+/// How a member can be reached beyond its local endpoints, published when it joins and with
+/// every heartbeat: what its NAT does, its public (server-reflexive) address, and the relay
+/// it chose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    /// Its NAT, as STUN classification found it.
+    #[serde(default)]
+    pub nat_type: NatType,
+    /// Its UDP socket's address as the control server's STUN responder saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_endpoint: Option<SocketAddr>,
+    /// The relay it chose (where peers with a smaller member id meet it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<SocketAddr>,
+}
+
 /// Why a control-plane operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlError {
@@ -86,6 +106,9 @@ pub struct RosterMember {
     pub endpoints: Vec<SocketAddr>,
     /// Unix seconds of the last heartbeat.
     pub last_seen: u64,
+    /// NAT, public address and relay.
+    #[serde(default, flatten)]
+    pub reach: Reach,
 }
 
 /// A created party.
@@ -115,6 +138,7 @@ pub trait ControlPlane: Send {
         party_id: &str,
         member_id: &str,
         endpoints: &[SocketAddr],
+        reach: &Reach,
     ) -> Result<(), ControlError>;
     /// Removes a member.
     fn leave(&mut self, party_id: &str, member_id: &str) -> Result<(), ControlError>;
@@ -135,6 +159,20 @@ pub trait ControlPlane: Send {
     }
     /// Another handle on the same control plane and credentials (for the roster watcher).
     fn try_clone(&self) -> Box<dyn ControlPlane>;
+    /// The control server's STUN addresses (known after `join`; none for a registry file).
+    fn stun_servers(&self) -> Vec<SocketAddr> {
+        Vec::new()
+    }
+    /// The relays the control plane lists (none for a registry file).
+    fn list_relays(&mut self) -> Result<Vec<RelayInfo>, ControlError> {
+        Ok(Vec::new())
+    }
+    /// A relay ticket for the member this client acts for.
+    fn ticket(&mut self, _party_id: &str) -> Result<Grant, ControlError> {
+        Err(ControlError::Unavailable(
+            "this control plane issues no relay tickets".into(),
+        ))
+    }
 }
 
 /// How long a roster read may wait for a change.

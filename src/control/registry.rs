@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::ipam;
-use super::{ControlError, Roster, RosterMember};
+use super::{ControlError, Reach, Roster, RosterMember};
 use crate::identity::Key;
 
 /// Value of the `format` field that marks a file as ours.
@@ -86,6 +86,9 @@ pub struct Member {
     pub joined_at: u64,
     /// Unix seconds of the last join or heartbeat.
     pub last_seen: u64,
+    /// NAT, public address and relay (absent in registries written before they existed).
+    #[serde(default, flatten)]
+    pub reach: Reach,
 }
 
 /// An address reserved for a public key.
@@ -119,6 +122,8 @@ pub struct JoinRequest {
     pub public_key: Key,
     /// Where the member can be reached.
     pub endpoints: Vec<SocketAddr>,
+    /// NAT, public address and relay.
+    pub reach: Reach,
 }
 
 /// Validates a party or member name.
@@ -247,6 +252,7 @@ impl Registry {
             }
             existing.name = req.name;
             existing.endpoints = req.endpoints;
+            existing.reach = req.reach;
             existing.last_seen = now;
             let member = existing.clone();
             self.touch(party_id);
@@ -264,6 +270,7 @@ impl Registry {
             endpoints: req.endpoints,
             joined_at: now,
             last_seen: now,
+            reach: req.reach,
         };
         party.members.insert(id, member.clone());
         party.empty_since = None;
@@ -277,6 +284,7 @@ impl Registry {
         party_id: &str,
         member_id: &str,
         endpoints: Vec<SocketAddr>,
+        reach: Reach,
         now: u64,
     ) -> Result<(), ControlError> {
         if endpoints.len() > MAX_ENDPOINTS {
@@ -294,8 +302,9 @@ impl Registry {
         if let Some(a) = party.allocations.get_mut(&member.public_key) {
             a.last_used = now;
         }
-        if member.endpoints != endpoints {
+        if member.endpoints != endpoints || member.reach != reach {
             member.endpoints = endpoints;
+            member.reach = reach;
             self.touch(party_id);
         }
         Ok(())
@@ -337,6 +346,7 @@ impl Registry {
                 virtual_ip: m.virtual_ip,
                 endpoints: m.endpoints.clone(),
                 last_seen: m.last_seen,
+                reach: m.reach,
             })
             .collect();
         Ok(Roster {
@@ -476,6 +486,7 @@ mod tests {
             name: format!("m{n}"),
             public_key: key(n),
             endpoints: vec![],
+            reach: Default::default(),
         }
     }
 
@@ -554,7 +565,8 @@ mod tests {
         let mut r = registry_with("10.66.0.0/16", 64);
         let a = r.join("p", req(1), 0).unwrap();
         r.join("p", req(2), 0).unwrap();
-        r.heartbeat("p", &a.id, vec![], 200).unwrap();
+        r.heartbeat("p", &a.id, vec![], Reach::default(), 200)
+            .unwrap();
         assert_eq!(
             r.roster("p", 300).unwrap().members.len(),
             1,
@@ -579,10 +591,17 @@ mod tests {
         let mut r = registry_with("10.66.0.0/16", 64);
         let a = r.join("p", req(1), 0).unwrap();
         let v = r.version;
-        r.heartbeat("p", &a.id, vec![], 10).unwrap();
-        assert_eq!(r.version, v);
-        r.heartbeat("p", &a.id, vec!["192.0.2.1:5000".parse().unwrap()], 11)
+        r.heartbeat("p", &a.id, vec![], Reach::default(), 10)
             .unwrap();
+        assert_eq!(r.version, v);
+        r.heartbeat(
+            "p",
+            &a.id,
+            vec!["192.0.2.1:5000".parse().unwrap()],
+            Reach::default(),
+            11,
+        )
+        .unwrap();
         assert_eq!(r.version, v + 1);
     }
 
@@ -643,7 +662,7 @@ mod tests {
             Err(ControlError::UnknownParty(_))
         ));
         assert!(matches!(
-            r.heartbeat("p", "ffff", vec![], 0),
+            r.heartbeat("p", "ffff", vec![], Reach::default(), 0),
             Err(ControlError::UnknownMember(_))
         ));
     }

@@ -1,15 +1,19 @@
-//! The control thread: follows the roster, heartbeats, and turns roster changes into
-//! `SyncPeers` commands for the data plane. On shutdown it leaves the party.
+//! The control thread: follows the roster, heartbeats (with what the NAT thread found and the
+//! home relay), keeps the data plane's relay bindings and tickets, and turns every change into
+//! one `SyncPeers` for the data plane. On shutdown it leaves the party.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::control::{ControlError, ControlPlane, JoinRequest, Roster};
+use super::relay_choice::{meeting_relay, RelayBook};
+use crate::control::{ControlError, ControlPlane, JoinRequest, Reach, Roster};
 use crate::dataplane::peers::PeerConfig;
-use crate::dataplane::{self, Command};
+use crate::dataplane::{self, Command, DataplaneEvent};
 use crate::identity::Key;
+use crate::nat::classify::NatReport;
+use crate::nat::{direct_possible, NatType};
 
 /// Heartbeat period (LANrage's 30 s; members are stale after 300 s).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -20,8 +24,20 @@ pub enum ControlCommand {
     Shutdown,
 }
 
-/// Turns a roster into the data plane's peer list (invalid keys are skipped and logged).
-pub fn peer_configs(roster: &Roster) -> Vec<PeerConfig> {
+/// Who we are, for working out how to reach each peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Me<'a> {
+    /// Our member id.
+    pub id: &'a str,
+    /// Our NAT.
+    pub nat_type: NatType,
+    /// Our home relay.
+    pub relay: Option<SocketAddr>,
+}
+
+/// Turns a roster into the data plane's peer list (invalid keys are skipped and logged):
+/// each peer's candidates, the relay we meet it at, and whether punching can work.
+pub fn peer_configs(roster: &Roster, me: Me) -> Vec<PeerConfig> {
     roster
         .members
         .iter()
@@ -32,6 +48,9 @@ pub fn peer_configs(roster: &Roster) -> Vec<PeerConfig> {
                 public_key,
                 virtual_ip: m.virtual_ip,
                 endpoints: m.endpoints.clone(),
+                public_endpoint: m.reach.public_endpoint,
+                relay: meeting_relay((me.id, me.relay), (&m.id, m.reach.relay)),
+                prediction: direct_possible(me.nat_type, m.reach.nat_type),
             }),
             None => {
                 log::warn!("roster member {} has an invalid public key; ignored", m.id);
@@ -75,6 +94,12 @@ pub struct ControlLoop {
     pub endpoints: Box<dyn Fn() -> Vec<SocketAddr> + Send>,
     /// The data plane.
     pub dataplane: dataplane::Handle,
+    /// What the NAT thread finds.
+    pub nat_reports: Receiver<NatReport>,
+    /// Relay news from the data plane.
+    pub dataplane_events: Receiver<DataplaneEvent>,
+    /// Relays, measurements and our home relay.
+    pub relays: RelayBook,
 }
 
 /// Follows the roster on its own thread (long-polls block), sending each new roster on.
@@ -127,20 +152,48 @@ impl ControlLoop {
             self.party_id.clone(),
             first.version,
         );
+        let mut roster = first;
+        self.refresh_relays(&roster);
         let mut heartbeat_at = Instant::now() + HEARTBEAT_INTERVAL;
         loop {
             let wait = heartbeat_at.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
                 recv(commands) -> _ => break,
-                recv(rosters) -> roster => {
-                    let Ok(roster) = roster else { break };
-                    log::debug!("roster version {}: {} members", roster.version, roster.members.len());
-                    if self.dataplane.send(Command::SyncPeers(peer_configs(&roster))).is_err() {
+                recv(rosters) -> next => {
+                    let Ok(next) = next else { break };
+                    log::debug!("roster version {}: {} members", next.version, next.members.len());
+                    roster = next;
+                    if !self.sync(&roster) {
                         break;
                     }
                 }
+                recv(self.nat_reports) -> report => {
+                    // The NAT thread ends only with the data plane.
+                    let Ok(report) = report else { continue };
+                    self.join.reach.nat_type = report.nat_type;
+                    self.join.reach.public_endpoint = report.public;
+                    self.heartbeat();
+                    heartbeat_at = Instant::now() + HEARTBEAT_INTERVAL;
+                    self.sync(&roster);
+                }
+                recv(self.dataplane_events) -> event => match event {
+                    Ok(DataplaneEvent::NeedTicket) => self.fetch_ticket(),
+                    Ok(DataplaneEvent::Relay(state)) => {
+                        self.relays.handle_state(state);
+                        let home = self.relays.choose_home();
+                        if home != self.join.reach.relay {
+                            log::info!("home relay: {}", home.map_or_else(|| "none".into(), |h| h.to_string()));
+                            self.join.reach.relay = home;
+                            self.heartbeat();
+                            heartbeat_at = Instant::now() + HEARTBEAT_INTERVAL;
+                            self.sync(&roster);
+                        }
+                    }
+                    Err(_) => break,
+                },
                 default(wait) => {
                     self.heartbeat();
+                    self.refresh_relays(&roster);
                     heartbeat_at = Instant::now() + HEARTBEAT_INTERVAL;
                 }
             }
@@ -151,11 +204,50 @@ impl ControlLoop {
         }
     }
 
+    fn me(&self) -> Me<'_> {
+        Me {
+            id: &self.member_id,
+            nat_type: self.join.reach.nat_type,
+            relay: self.join.reach.relay,
+        }
+    }
+
+    /// Sends the data plane the peers of `roster` (and what we publish); false if it is gone.
+    fn sync(&self, roster: &Roster) -> bool {
+        let peers = peer_configs(roster, self.me());
+        let _ = self.dataplane.send(Command::SetReach(self.join.reach));
+        self.dataplane.send(Command::SyncPeers(peers)).is_ok()
+    }
+
+    /// Reads the relay list and keeps bindings with the listed relays and the peers' meeting
+    /// relays.
+    fn refresh_relays(&mut self, roster: &Roster) {
+        match self.control.list_relays() {
+            Ok(list) => self.relays.set_listed(list),
+            Err(e) => log::debug!("relay list: {e}"),
+        }
+        let meeting = peer_configs(roster, self.me())
+            .into_iter()
+            .filter_map(|p| p.relay);
+        let wanted = self.relays.wanted(meeting);
+        let _ = self.dataplane.send(Command::SetRelays(wanted));
+    }
+
+    fn fetch_ticket(&mut self) {
+        match self.control.ticket(&self.party_id) {
+            Ok(grant) => {
+                let _ = self.dataplane.send(Command::RelayGrant(grant));
+            }
+            Err(e) => log::debug!("relay ticket: {e}"),
+        }
+    }
+
     fn heartbeat(&mut self) {
         let endpoints = (self.endpoints)();
+        let reach: Reach = self.join.reach;
         match self
             .control
-            .heartbeat(&self.party_id, &self.member_id, &endpoints)
+            .heartbeat(&self.party_id, &self.member_id, &endpoints, &reach)
         {
             Ok(()) => {}
             Err(ControlError::UnknownMember(_)) => {

@@ -4,23 +4,24 @@
 pub mod background;
 pub mod control_loop;
 pub mod local_api;
+pub mod nat_thread;
+pub mod relay_choice;
 pub mod running;
 pub mod signals;
+mod status_view;
 
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
-
-use crate::control::{self, JoinCode, JoinRequest};
-use crate::dataplane::{self, peers::PeerTable, socket, tun_device, Command};
+use crate::control::{self, JoinCode, JoinRequest, Reach};
+use crate::dataplane::{self, peers::PeerTable, socket, tun_device, Command, Uplinks};
 use crate::failure::Failure;
 use crate::identity::{self, Identity};
-use crate::status::{
-    PartyStatus, PeerBroadcastStatus, PeerStatus, SelfBroadcast, SelfStatus, Status,
-};
+use crate::nat::NatType;
+use crate::status::{PartyStatus, SelfBroadcast, SelfStatus};
 use control_loop::{ControlCommand, ControlLoop};
+use relay_choice::RelayBook;
 
 /// How long stopping waits for the control plane to confirm that we left; with tearing
 /// down the interface, a member stops within 2 s of SIGTERM.
@@ -47,6 +48,8 @@ pub struct MemberOptions {
     pub broadcast_route: bool,
     /// Make a member of another party running with this state directory leave first.
     pub replace: bool,
+    /// The relay to use when the control plane lists none (`--relay`).
+    pub relay: Option<std::net::SocketAddr>,
 }
 
 /// Removes the local API socket when the member stops, however it stops.
@@ -63,61 +66,6 @@ enum Event {
     Signal(i32),
     LeaveRequested,
     DataplaneStopped,
-}
-
-struct ApiHandler {
-    dataplane: dataplane::Handle,
-    events: Sender<Event>,
-    party: PartyStatus,
-    self_: SelfStatus,
-}
-
-impl local_api::Handler for ApiHandler {
-    fn status(&self) -> Result<Status, String> {
-        let snapshot = self
-            .dataplane
-            .status(Duration::from_secs(2))
-            .map_err(|_| "data plane is not responding".to_string())?;
-        let peers = snapshot
-            .peers
-            .into_iter()
-            .map(|p| {
-                let connected = p.is_connected();
-                PeerStatus {
-                    id: p.config.id.clone(),
-                    name: p.config.name.clone(),
-                    public_key: p.config.public_key.to_string(),
-                    virtual_ip: p.config.virtual_ip,
-                    endpoint: p.endpoint.map(|e| e.to_string()),
-                    state: if connected { "connected" } else { "connecting" }.into(),
-                    connection_type: if connected { "direct" } else { "connecting" }.into(),
-                    latency_ms: p.handshake_rtt_ms.map(f64::from),
-                    rx_bytes: p.rx_bytes,
-                    tx_bytes: p.tx_bytes,
-                    last_handshake_s: p.since_handshake.map(|d| d.as_secs()),
-                    broadcast: PeerBroadcastStatus {
-                        sent: p.broadcast.sent,
-                        received: p.broadcast.received,
-                        dropped: p.broadcast.dropped,
-                    },
-                }
-            })
-            .collect::<Vec<_>>();
-        let mut self_ = self.self_.clone();
-        self_.broadcast.sent = snapshot.broadcast.sent;
-        self_.broadcast.dropped = snapshot.broadcast.dropped;
-        self_.broadcast.received = peers.iter().map(|p| p.broadcast.received).sum();
-        self_.broadcast.dropped_from_peers = peers.iter().map(|p| p.broadcast.dropped).sum();
-        Ok(Status {
-            party: self.party.clone(),
-            self_,
-            peers,
-        })
-    }
-
-    fn leave(&self) {
-        let _ = self.events.send(Event::LeaveRequested);
-    }
 }
 
 fn system(what: &str) -> impl Fn(io::Error) -> Failure + '_ {
@@ -171,8 +119,11 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
     let udp = socket::bind(opts.listen_port)
         .map_err(|e| Failure::Network(format!("cannot open UDP port {}: {e}", opts.listen_port)))?;
     let port = udp.local_addr().map_err(system("udp socket"))?.port();
-    let if_name = opts.interface.clone();
-    let endpoints = move || socket::local_endpoints(port, &if_name);
+    let local_endpoints = {
+        let if_name = opts.interface.clone();
+        move || socket::local_endpoints(port, &if_name)
+    };
+    let endpoints = local_endpoints.clone();
 
     let mut control = control::open(
         &opts.code.control,
@@ -184,8 +135,10 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         name: opts.name.clone(),
         public_key: identity.public,
         endpoints: endpoints(),
+        reach: Reach::default(),
     };
     let member = control.join(&party_id, join.clone())?;
+    let stun_servers = control.stun_servers();
     let mut membership = Membership {
         control: Some(control),
         party_id: party_id.clone(),
@@ -213,13 +166,33 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         roster.subnet,
         opts.broadcast_rate,
     );
-    let (dp, dp_thread) = dataplane::spawn(tun, udp, table).map_err(system("data plane"))?;
-    let _ = dp.send(Command::SyncPeers(control_loop::peer_configs(&roster)));
+    let (stun_tx, stun_rx) = crossbeam_channel::bounded(64);
+    let (dp_events_tx, dp_events) = crossbeam_channel::unbounded();
+    let uplinks = Uplinks {
+        stun: Some(stun_tx),
+        control: Some(dp_events_tx),
+    };
+    let (dp, dp_thread) =
+        dataplane::spawn(tun, udp, table, uplinks).map_err(system("data plane"))?;
+    let me = control_loop::Me {
+        id: &member.id,
+        nat_type: NatType::Unknown,
+        relay: None,
+    };
+    let _ = dp.send(Command::SyncPeers(control_loop::peer_configs(&roster, me)));
+    let (nat_tx, nat_reports) = crossbeam_channel::unbounded();
+    nat_thread::spawn(stun_servers, local_endpoints, dp.clone(), stun_rx, nat_tx)
+        .map_err(system("nat thread"))?;
 
     let (events_tx, events) = crossbeam_channel::unbounded();
-    let handler = ApiHandler {
+    let handler = status_view::ApiHandler {
         dataplane: dp.clone(),
-        events: events_tx.clone(),
+        leave: Box::new({
+            let events = events_tx.clone();
+            move || {
+                let _ = events.send(Event::LeaveRequested);
+            }
+        }),
         party: PartyStatus {
             id: roster.party_id.clone(),
             name: roster.party_name.clone(),
@@ -237,6 +210,10 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
                 rate_limit: opts.broadcast_rate,
                 ..SelfBroadcast::default()
             },
+            nat_type: "unknown".into(),
+            public_endpoint: None,
+            relay: None,
+            relays: Vec::new(),
         },
     };
     local_api::serve(listener, handler).map_err(system("local api thread"))?;
@@ -264,6 +241,9 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         join,
         endpoints: Box::new(endpoints),
         dataplane: dp.clone(),
+        nat_reports,
+        dataplane_events: dp_events,
+        relays: RelayBook::new(opts.relay),
     };
     let (left_tx, left) = crossbeam_channel::bounded::<()>(1);
     std::thread::Builder::new()

@@ -129,6 +129,10 @@ mod tests {
                 interface: "lp0".into(),
                 listen_port: 1,
                 broadcast: Default::default(),
+                nat_type: "unknown".into(),
+                public_endpoint: None,
+                relay: None,
+                relays: vec![],
             },
             peers: vec![],
         }

@@ -18,8 +18,11 @@ use ipnet::Ipv4Net;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::broadcast::{self, Dedup, OwnBroadcast, PeerBroadcast, RateLimit};
+use super::peer::{Peer, Source};
 use crate::identity::Key;
+use crate::nat::Prediction;
 use crate::wire::ip::Ipv4View;
+use crate::wire::relay::MemberId;
 use crate::wire::wg::{self, Datagram};
 
 /// Keepalive interval; below Linux's 30 s timeout for unreplied UDP flows.
@@ -40,6 +43,8 @@ const IP_PROTO_IGMP: u8 = 2;
 pub trait Io {
     /// Sends one datagram on the shared UDP socket.
     fn send_to(&mut self, payload: &[u8], dst: SocketAddr);
+    /// Sends one datagram for member `to` through the relay at `relay`.
+    fn send_relayed(&mut self, payload: &[u8], relay: SocketAddr, to: MemberId);
     /// Writes one IP packet to the tun device.
     fn write_tun(&mut self, packet: &[u8]);
 }
@@ -55,8 +60,14 @@ pub struct PeerConfig {
     pub public_key: Key,
     /// The only source address accepted from this peer's tunnel.
     pub virtual_ip: Ipv4Addr,
-    /// Candidate addresses of its UDP socket.
+    /// Candidate addresses of its UDP socket (local addresses).
     pub endpoints: Vec<SocketAddr>,
+    /// Its public (server-reflexive) address, a candidate too.
+    pub public_endpoint: Option<SocketAddr>,
+    /// The relay we meet it at.
+    pub relay: Option<SocketAddr>,
+    /// Whether punching can work between our NATs.
+    pub prediction: Prediction,
 }
 
 /// A snapshot of one peer for `status`.
@@ -66,6 +77,12 @@ pub struct PeerStats {
     pub config: PeerConfig,
     /// Endpoint learned from authenticated traffic, if any.
     pub endpoint: Option<SocketAddr>,
+    /// `direct`, `relayed` or `connecting`.
+    pub connection_type: &'static str,
+    /// Whether we are bound at the relay we meet it at.
+    pub relay_bound: bool,
+    /// How long after it was added the direct path first worked.
+    pub time_to_direct: Option<Duration>,
     /// Time since the last completed handshake.
     pub since_handshake: Option<Duration>,
     /// Bytes received through the tunnel.
@@ -100,28 +117,6 @@ pub struct DropCounters {
     pub bad_datagram: u64,
 }
 
-struct Peer {
-    config: PeerConfig,
-    tunn: Tunn,
-    endpoint: Option<SocketAddr>,
-    broadcast_in: RateLimit,
-    broadcast: PeerBroadcast,
-}
-
-impl Peer {
-    /// Sends to the learned endpoint, or to every candidate until one answers.
-    fn transmit(&self, payload: &[u8], io: &mut impl Io) {
-        match self.endpoint {
-            Some(dst) => io.send_to(payload, dst),
-            None => {
-                for dst in &self.config.endpoints {
-                    io.send_to(payload, *dst);
-                }
-            }
-        }
-    }
-}
-
 /// All peers of this member.
 pub struct PeerTable {
     secret: StaticSecret,
@@ -137,6 +132,8 @@ pub struct PeerTable {
     buf: Vec<u8>,
     broadcast_rate: u32,
     broadcast_out: RateLimit,
+    /// Relays we are bound at.
+    bound: Vec<SocketAddr>,
     dedup: Dedup,
     /// What was dropped and why.
     pub drops: DropCounters,
@@ -168,6 +165,7 @@ impl PeerTable {
             buf: vec![0; BUF_LEN],
             broadcast_rate,
             broadcast_out: RateLimit::new(broadcast_rate),
+            bound: Vec::new(),
             dedup: Dedup::default(),
             drops: DropCounters::default(),
             broadcast: OwnBroadcast::default(),
@@ -177,7 +175,7 @@ impl PeerTable {
     /// Makes the table match `configs`: adds new peers (and starts a handshake with each, so
     /// tunnels are up before the first packet), updates known ones, removes the rest.
     /// Our own key is ignored.
-    pub fn sync(&mut self, configs: Vec<PeerConfig>, io: &mut impl Io) {
+    pub fn sync(&mut self, configs: Vec<PeerConfig>, now: Instant, io: &mut impl Io) {
         let own = Key(self.public.to_bytes());
         let wanted: HashMap<Key, PeerConfig> = configs
             .into_iter()
@@ -209,19 +207,15 @@ impl PeerTable {
                         self.by_ip.remove(&peer.config.virtual_ip);
                         self.by_ip.insert(config.virtual_ip, self.by_key[&key]);
                     }
-                    if peer.config.endpoints != config.endpoints
-                        && !peer.endpoint.is_some_and(|e| config.endpoints.contains(&e))
-                    {
-                        peer.endpoint = None;
-                    }
+                    peer.relay_bound = config.relay.is_some_and(|r| self.bound.contains(&r));
                     peer.config = config;
                 }
-                None => self.add(config, io),
+                None => self.add(config, now, io),
             }
         }
     }
 
-    fn add(&mut self, config: PeerConfig, io: &mut impl Io) {
+    fn add(&mut self, config: PeerConfig, now: Instant, io: &mut impl Io) {
         let index = self.next_index;
         self.next_index = (self.next_index % 0x00ff_ffff) + 1;
         let tunn = Tunn::new(
@@ -235,17 +229,12 @@ impl PeerTable {
         log::info!("peer {} ({}) added", config.name, config.virtual_ip);
         self.by_ip.insert(config.virtual_ip, index);
         self.by_key.insert(config.public_key, index);
-        let mut peer = Peer {
-            config,
-            tunn,
-            endpoint: None,
-            broadcast_in: RateLimit::new(self.broadcast_rate),
-            broadcast: PeerBroadcast::default(),
-        };
+        let mut peer = Peer::new(config, tunn, self.broadcast_rate, now);
+        peer.relay_bound = peer.config.relay.is_some_and(|r| self.bound.contains(&r));
         if let TunnResult::WriteToNetwork(out) =
             peer.tunn.format_handshake_initiation(&mut self.buf, false)
         {
-            peer.transmit(out, io);
+            peer.transmit(out, now, io);
         }
         self.peers.insert(index, peer);
     }
@@ -280,7 +269,7 @@ impl PeerTable {
             return;
         };
         match peer.tunn.encapsulate(packet, &mut self.buf) {
-            TunnResult::WriteToNetwork(out) => peer.transmit(out, io),
+            TunnResult::WriteToNetwork(out) => peer.transmit(out, now, io),
             TunnResult::Err(e) => log::debug!("encapsulate for {}: {e:?}", peer.config.name),
             _ => {}
         }
@@ -304,7 +293,7 @@ impl PeerTable {
         self.broadcast.sent += 1;
         for peer in self.peers.values_mut() {
             match peer.tunn.encapsulate(packet, &mut self.buf) {
-                TunnResult::WriteToNetwork(out) => peer.transmit(out, io),
+                TunnResult::WriteToNetwork(out) => peer.transmit(out, now, io),
                 TunnResult::Err(e) => {
                     log::debug!("encapsulate for {}: {e:?}", peer.config.name);
                     continue;
@@ -316,25 +305,26 @@ impl PeerTable {
         }
     }
 
-    /// Handles a datagram from the shared UDP socket.
+    /// Handles a datagram that came straight from `source`, or through a relay.
     pub fn handle_datagram(
         &mut self,
         datagram: &[u8],
-        src: SocketAddr,
+        source: Source,
         now: Instant,
         io: &mut impl Io,
     ) {
+        let src_ip = source.addr().ip();
         let index = match wg::classify(datagram) {
             Datagram::ToIndex(receiver) => Some(receiver >> 8),
             Datagram::HandshakeInit => {
                 // MAC1 (and, under load, a cookie) before any expensive key exchange.
                 match self
                     .limiter
-                    .verify_packet(Some(src.ip()), datagram, &mut self.buf)
+                    .verify_packet(Some(src_ip), datagram, &mut self.buf)
                 {
                     Ok(_) => self.initiator_index(datagram),
                     Err(TunnResult::WriteToNetwork(cookie)) => {
-                        io.send_to(cookie, src);
+                        source.reply(cookie, io);
                         return;
                     }
                     Err(_) => None,
@@ -342,31 +332,38 @@ impl PeerTable {
             }
             Datagram::Unknown => None,
         };
-        let Some(peer) = index.and_then(|i| self.peers.get_mut(&i)) else {
+        let peer = index
+            .and_then(|i| self.peers.get_mut(&i))
+            .filter(|p| match source {
+                // A relay names the sender; it must be the peer the datagram is for.
+                Source::Relayed { from, .. } => from == p.member,
+                Source::Direct(_) => true,
+            });
+        let Some(peer) = peer else {
             self.drops.bad_datagram += 1;
-            log::trace!("dropped {} byte datagram from {src}", datagram.len());
+            log::trace!("dropped {} byte datagram from {source:?}", datagram.len());
             return;
         };
         let buf = &mut self.buf;
-        match peer.tunn.decapsulate(Some(src.ip()), datagram, buf) {
+        match peer.tunn.decapsulate(Some(src_ip), datagram, buf) {
             TunnResult::WriteToNetwork(out) => {
                 // A cookie reply (type 3) is sent before authentication; anything else means
-                // the handshake message authenticated, so the peer is really at `src`.
+                // the handshake message authenticated, so the peer is really at `source`.
                 if out.first() != Some(&3) {
-                    learn_endpoint(peer, src);
+                    peer.handle_authenticated(source, now);
                 }
-                io.send_to(out, src);
+                source.reply(out, io);
                 while let TunnResult::WriteToNetwork(out) = peer.tunn.decapsulate(None, &[], buf) {
-                    io.send_to(out, src);
+                    peer.transmit(out, now, io);
                 }
             }
-            TunnResult::WriteToTunnelV4(packet, source) => {
-                learn_endpoint(peer, src);
+            TunnResult::WriteToTunnelV4(packet, inner_source) => {
+                peer.handle_authenticated(source, now);
                 let dst = Ipv4View::parse(packet).map(|ip| ip.dst()).ok();
-                if source != peer.config.virtual_ip {
+                if inner_source != peer.config.virtual_ip {
                     self.drops.bad_source += 1;
                     log::trace!(
-                        "dropped packet from {source} inside {}'s tunnel",
+                        "dropped packet from {inner_source} inside {}'s tunnel",
                         peer.config.name
                     );
                 } else if dst == Some(self.own_ip) {
@@ -388,12 +385,26 @@ impl PeerTable {
                 }
             }
             TunnResult::WriteToTunnelV6(..) => self.drops.bad_source += 1,
-            TunnResult::Done => learn_endpoint_on_keepalive(peer, datagram, src),
+            // A keepalive decapsulates to `Done`: authenticated transport data all the same.
+            // (Handshake responses are followed by our keepalive and need no special case.)
+            TunnResult::Done => {
+                if datagram.first() == Some(&4) {
+                    peer.handle_authenticated(source, now);
+                }
+            }
             TunnResult::Err(e) => {
                 self.drops.bad_datagram += 1;
                 log::debug!("decapsulate from {}: {e:?}", peer.config.name);
             }
         }
+    }
+
+    /// Notes which relays we are bound at; peers that meet us there may use them.
+    pub fn set_bound_relays(&mut self, bound: Vec<SocketAddr>) {
+        for peer in self.peers.values_mut() {
+            peer.relay_bound = peer.config.relay.is_some_and(|r| bound.contains(&r));
+        }
+        self.bound = bound;
     }
 
     fn initiator_index(&self, datagram: &[u8]) -> Option<u32> {
@@ -416,24 +427,39 @@ impl PeerTable {
         }
         for peer in self.peers.values_mut() {
             match peer.tunn.update_timers(&mut self.buf) {
-                TunnResult::WriteToNetwork(out) => peer.transmit(out, io),
+                TunnResult::WriteToNetwork(out) => peer.transmit(out, now, io),
                 TunnResult::Err(WireGuardError::ConnectionExpired) => {}
                 TunnResult::Err(e) => log::debug!("timers for {}: {e:?}", peer.config.name),
                 _ => {}
             }
+            let session_up = peer
+                .tunn
+                .time_since_last_handshake()
+                .is_some_and(|d| d < SESSION_LIFETIME);
+            if peer.poll_punch(session_up, now) {
+                if let TunnResult::WriteToNetwork(keepalive) =
+                    peer.tunn.encapsulate(&[], &mut self.buf)
+                {
+                    peer.punch(keepalive, io);
+                }
+            }
         }
     }
 
-    /// Snapshots every peer, ordered by virtual IP.
-    pub fn stats(&self) -> Vec<PeerStats> {
+    /// Snapshots every peer at `now`, ordered by virtual IP.
+    pub fn stats(&self, now: Instant) -> Vec<PeerStats> {
         let mut out: Vec<PeerStats> = self
             .peers
             .values()
             .map(|p| {
                 let (since, tx, rx, _loss, rtt) = p.tunn.stats();
+                let connected = since.is_some_and(|d| d < SESSION_LIFETIME);
                 PeerStats {
                     config: p.config.clone(),
-                    endpoint: p.endpoint,
+                    endpoint: p.direct,
+                    connection_type: p.connection_type(connected, now),
+                    relay_bound: p.relay_bound,
+                    time_to_direct: p.time_to_direct,
                     since_handshake: since,
                     rx_bytes: rx as u64,
                     tx_bytes: tx as u64,
@@ -447,21 +473,6 @@ impl PeerTable {
     }
 }
 
-fn learn_endpoint(peer: &mut Peer, src: SocketAddr) {
-    if peer.endpoint != Some(src) {
-        log::debug!("peer {} is at {src}", peer.config.name);
-        peer.endpoint = Some(src);
-    }
-}
-
-/// A keepalive decapsulates to `Done`; it is authenticated transport data, so it also pins the
-/// endpoint. Handshake responses are followed by our keepalive and need no special case.
-fn learn_endpoint_on_keepalive(peer: &mut Peer, datagram: &[u8], src: SocketAddr) {
-    if datagram.first() == Some(&4) {
-        learn_endpoint(peer, src);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,12 +480,16 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         sent: Vec<(Vec<u8>, SocketAddr)>,
+        relayed: Vec<(Vec<u8>, SocketAddr, MemberId)>,
         tun: Vec<Vec<u8>>,
     }
 
     impl Io for Recorder {
         fn send_to(&mut self, payload: &[u8], dst: SocketAddr) {
             self.sent.push((payload.to_vec(), dst));
+        }
+        fn send_relayed(&mut self, payload: &[u8], relay: SocketAddr, to: MemberId) {
+            self.relayed.push((payload.to_vec(), relay, to));
         }
         fn write_tun(&mut self, packet: &[u8]) {
             self.tun.push(packet.to_vec());
@@ -520,6 +535,9 @@ mod tests {
 
     fn config_of(n: &Node, endpoints: Vec<SocketAddr>) -> PeerConfig {
         PeerConfig {
+            public_endpoint: None,
+            relay: None,
+            prediction: Prediction::Direct,
             id: n.key.short_id(),
             name: format!("n{}", n.vip.octets()[3]),
             public_key: n.key,
@@ -547,9 +565,11 @@ mod tests {
         let mut b = node(2);
         a.table.sync(
             vec![config_of(&b, b_endpoints), config_of(&a, vec![])],
+            a.now,
             &mut a.io,
         );
-        b.table.sync(vec![config_of(&a, vec![a.addr])], &mut b.io);
+        b.table
+            .sync(vec![config_of(&a, vec![a.addr])], b.now, &mut b.io);
         (a, b)
     }
 
@@ -563,7 +583,7 @@ mod tests {
             .collect();
         for (payload, _) in &sent {
             to.table
-                .handle_datagram(payload, from.addr, to.now, &mut to.io);
+                .handle_datagram(payload, Source::Direct(from.addr), to.now, &mut to.io);
         }
         sent.len()
     }
@@ -586,7 +606,7 @@ mod tests {
             vec![ping],
             "queued packet delivered once, unchanged"
         );
-        let stats = a.table.stats();
+        let stats = a.table.stats(a.now);
         assert_eq!(stats[0].endpoint, Some(b.addr));
         assert!(stats[0].is_connected());
     }
@@ -597,8 +617,8 @@ mod tests {
         assert_eq!(a.io.sent.len(), 1, "A initiates at once");
         assert_eq!(b.io.sent.len(), 1, "B initiates at once");
         exchange(&mut a, &mut b);
-        assert!(a.table.stats()[0].is_connected());
-        assert!(b.table.stats()[0].is_connected());
+        assert!(a.table.stats(a.now)[0].is_connected());
+        assert!(b.table.stats(b.now)[0].is_connected());
         assert!(
             a.io.tun.is_empty() && b.io.tun.is_empty(),
             "no data was invented"
@@ -641,8 +661,9 @@ mod tests {
             // A misbehaves: it routes `target` into B's tunnel.
             let mut b_as_target = config_of(&b, vec![b.addr]);
             b_as_target.virtual_ip = target;
-            a.table.sync(vec![b_as_target], &mut a.io);
-            b.table.sync(vec![config_of(&a, vec![a.addr])], &mut b.io);
+            a.table.sync(vec![b_as_target], a.now, &mut a.io);
+            b.table
+                .sync(vec![config_of(&a, vec![a.addr])], b.now, &mut b.io);
             exchange(&mut a, &mut b);
             a.table
                 .handle_tun_packet(&ipv4(a.vip, target, b"sneaky"), a.now, &mut a.io);
@@ -664,7 +685,7 @@ mod tests {
         junk[..4].copy_from_slice(&[1, 0, 0, 0]);
         for _ in 0..1000 {
             b.table
-                .handle_datagram(&junk, node(9).addr, b.now, &mut b.io);
+                .handle_datagram(&junk, Source::Direct(node(9).addr), b.now, &mut b.io);
         }
         assert!(b.io.sent.is_empty());
         assert_eq!(b.table.drops.bad_datagram, 1000);
@@ -673,10 +694,14 @@ mod tests {
     #[test]
     fn junk_and_unknown_destinations_are_counted_not_answered() {
         let (mut a, _b) = pair(vec![]);
+        a.table.handle_datagram(
+            &[4, 0, 0, 0, 9, 9, 9, 9],
+            Source::Direct(node(9).addr),
+            a.now,
+            &mut a.io,
+        );
         a.table
-            .handle_datagram(&[4, 0, 0, 0, 9, 9, 9, 9], node(9).addr, a.now, &mut a.io);
-        a.table
-            .handle_datagram(&[0u8; 148], node(9).addr, a.now, &mut a.io);
+            .handle_datagram(&[0u8; 148], Source::Direct(node(9).addr), a.now, &mut a.io);
         assert_eq!(a.table.drops.bad_datagram, 2);
         a.table.handle_tun_packet(
             &ipv4(a.vip, Ipv4Addr::new(10, 66, 0, 50), b"x"),
@@ -692,9 +717,11 @@ mod tests {
         let (_a, mut b) = pair(vec![node(2).addr]);
         let mut stranger = node(3);
         b.io.sent.clear();
-        stranger
-            .table
-            .sync(vec![config_of(&b, vec![b.addr])], &mut stranger.io);
+        stranger.table.sync(
+            vec![config_of(&b, vec![b.addr])],
+            stranger.now,
+            &mut stranger.io,
+        );
         assert_eq!(deliver(&mut stranger, &mut b), 1);
         assert!(b.io.sent.is_empty(), "no response to an unknown key");
         assert_eq!(b.table.drops.bad_datagram, 1);
@@ -704,7 +731,7 @@ mod tests {
     fn sync_removes_departed_peers_and_their_routes() {
         let (mut a, b) = pair(vec![node(2).addr]);
         assert_eq!(a.table.len(), 1, "own key is never a peer");
-        a.table.sync(vec![], &mut a.io);
+        a.table.sync(vec![], a.now, &mut a.io);
         assert!(a.table.is_empty());
         a.table
             .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), a.now, &mut a.io);
@@ -715,7 +742,7 @@ mod tests {
     fn mesh(mut nodes: Vec<Node>) -> Vec<Node> {
         let configs: Vec<PeerConfig> = nodes.iter().map(|n| config_of(n, vec![n.addr])).collect();
         for n in &mut nodes {
-            n.table.sync(configs.clone(), &mut n.io);
+            n.table.sync(configs.clone(), n.now, &mut n.io);
         }
         for _ in 0..3 {
             for i in 0..nodes.len() {
@@ -725,7 +752,7 @@ mod tests {
         for n in &mut nodes {
             let up: Vec<_> = n
                 .table
-                .stats()
+                .stats(n.now)
                 .iter()
                 .map(|p| (p.config.virtual_ip, p.is_connected()))
                 .collect();
@@ -758,8 +785,12 @@ mod tests {
                     .cloned()
                     .collect();
                 for (payload, _) in sent {
-                    to.table
-                        .handle_datagram(&payload, from.addr, to.now, &mut to.io);
+                    to.table.handle_datagram(
+                        &payload,
+                        Source::Direct(from.addr),
+                        to.now,
+                        &mut to.io,
+                    );
                 }
             }
         }
@@ -783,12 +814,16 @@ mod tests {
             for i in [1, 2] {
                 assert_eq!(n[i].io.tun, vec![packet.clone()], "member {i}, {dst}");
                 assert!(n[i].io.sent.is_empty(), "member {i} forwarded nothing");
-                let from_a = &n[i].table.stats()[0];
+                let from_a = &n[i].table.stats(n[i].now)[0];
                 assert_eq!(from_a.broadcast.received, 1);
             }
             assert!(n[0].io.tun.is_empty(), "nothing came back to the sender");
             assert_eq!(n[0].table.broadcast.sent, 1);
-            assert!(n[0].table.stats().iter().all(|p| p.broadcast.sent == 1));
+            assert!(n[0]
+                .table
+                .stats(n[0].now)
+                .iter()
+                .all(|p| p.broadcast.sent == 1));
         }
     }
 
@@ -814,7 +849,7 @@ mod tests {
         }
         deliver_all(&mut n, 0);
         assert_eq!(n[1].io.tun.len(), 1);
-        assert_eq!(n[1].table.stats()[0].broadcast.dropped, 1);
+        assert_eq!(n[1].table.stats(n[1].now)[0].broadcast.dropped, 1);
         n[1].now += broadcast::DEDUP_WINDOW;
         n[0].tun_in(&packet);
         deliver_all(&mut n, 0);
@@ -847,7 +882,7 @@ mod tests {
         }
         deliver_all(&mut n, 0);
         assert_eq!(n[1].io.tun.len(), 10);
-        let from_flooder = n[1].table.stats()[0].broadcast;
+        let from_flooder = n[1].table.stats(n[1].now)[0].broadcast;
         assert_eq!((from_flooder.received, from_flooder.dropped), (10, 90));
     }
 }

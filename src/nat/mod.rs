@@ -6,10 +6,12 @@
 pub mod classify;
 pub mod compat;
 
+pub use compat::{direct_possible, Prediction};
+
 use serde::{Deserialize, Serialize};
 
 /// A member's NAT, in the classic (RFC 3489) names members and the status document use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NatType {
     /// No NAT: the server saw the member's own address.
@@ -23,6 +25,7 @@ pub enum NatType {
     /// Endpoint-dependent mapping: a new public port per destination.
     Symmetric,
     /// Not enough answers to tell.
+    #[default]
     Unknown,
 }
 

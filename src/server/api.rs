@@ -241,7 +241,7 @@ impl Api {
                 let body: HeartbeatBody = parse_body(req)?;
                 let before = self.registry.version;
                 self.registry
-                    .heartbeat(party, member, body.endpoints, now)?;
+                    .heartbeat(party, member, body.endpoints, body.reach, now)?;
                 // Only liveness changed: it may reach the store a little later (a crash loses
                 // seconds of `last_seen`, far below the 300 s staleness limit).
                 if self.registry.version == before {
@@ -436,6 +436,7 @@ impl Api {
                 name: body.name,
                 public_key: key,
                 endpoints: body.endpoints,
+                reach: body.reach,
             },
             now,
         )?;

@@ -132,6 +132,7 @@ impl Harness {
             name: "member".into(),
             public_key: public_of(secret).to_string(),
             endpoints: vec!["198.51.100.7:51820".parse().unwrap()],
+            reach: Default::default(),
             nonce: nonce.into(),
             proof: proof::sign(secret, &server, &party.id, nonce).expect("usable server key"),
         }
