@@ -9,7 +9,7 @@ use crate::relay::core::Config;
 use crate::relay::run::{self, RelayOptions};
 
 pub(super) const HELP: &str = "\
-Usage: lanparty-lite relay --listen ADDR:PORT --secret-file FILE --control URL [--region NAME] [--max-clients N] [--client-pps N] [--client-bytes-per-s N] [--advertise ADDR:PORT]
+Usage: lanparty-lite relay --listen ADDR:PORT --secret-file FILE --control URL [--region NAME] [--max-clients N] [--client-pps N] [--client-bytes-per-s N] [--advertise ADDR:PORT] [--stun IP:PORT]...
 
 Runs a relay in the foreground until SIGINT/SIGTERM: forwards WireGuard datagrams between
 members of the same party that bound with a ticket from the control server. SIGUSR1 logs its
@@ -22,7 +22,8 @@ counters (they are also logged every 60 s while they change).
   --client-pps N            datagrams per second per member, bursts of as many (default 2000)
   --client-bytes-per-s N    bytes per second per member, bursts of as many (default 1000000, >= 1500)
   --advertise ADDR:PORT     address members reach this relay at (default: --listen; needed
-                            when --listen is 0.0.0.0)";
+                            when --listen is 0.0.0.0)
+  --stun IP:PORT            also answer STUN (UDP) here, like `server --stun` (repeatable)";
 
 /// `relay`'s flags.
 pub(super) const SPEC: Spec = Spec {
@@ -36,7 +37,7 @@ pub(super) const SPEC: Spec = Spec {
         "client-bytes-per-s",
         "advertise",
     ],
-    repeatable: &[],
+    repeatable: &["stun"],
     switches: &[],
     positionals: 0,
     positional_names: &[],
@@ -114,7 +115,10 @@ pub(super) fn options(argv: &[String]) -> Result<RelayOptions, Failure> {
                 .replace("--relay-secret-file", "--secret-file"),
         )
     })?;
+    let stun = args.parsed_all("stun")?;
+    crate::stun_server::validate(&stun).map_err(|e| Failure::Input(format!("--stun {e}")))?;
     Ok(RelayOptions {
+        stun,
         listen,
         advertise,
         secret,

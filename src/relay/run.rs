@@ -40,6 +40,8 @@ pub struct RelayOptions {
     pub region: String,
     /// Limits.
     pub config: Config,
+    /// UDP addresses to answer STUN on as well (`--stun`).
+    pub stun: Vec<SocketAddr>,
 }
 
 fn unix_ms() -> u64 {
@@ -89,6 +91,16 @@ pub fn run(opts: RelayOptions) -> Result<(), Failure> {
         })
         .map_err(|e| Failure::System(e.to_string()))?;
     }
+    let stun = if opts.stun.is_empty() {
+        None
+    } else {
+        let server = crate::stun_server::StunServer::start(&opts.stun)
+            .map_err(|e| Failure::Network(format!("cannot answer STUN: {e}")))?;
+        for addr in server.addresses() {
+            println!("stun on {addr}");
+        }
+        Some(server)
+    };
     let address = opts.advertise.unwrap_or(local);
     let capacity = u32::try_from(opts.config.max_clients).unwrap_or(u32::MAX);
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -114,6 +126,9 @@ pub fn run(opts: RelayOptions) -> Result<(), Failure> {
     let _ = tx.send(Message::Shutdown);
     let send_errors = result.map_err(|e| Failure::System(format!("relay loop: {e}")))?;
     log_stats(&relay, send_errors);
+    if let Some(stun) = stun {
+        stun.stop();
+    }
     log::info!("relay stopped");
     Ok(())
 }
