@@ -43,7 +43,10 @@ fn mappings(nat: &NatLab, site: &Site, port: u16, servers: &[SocketAddrV4]) -> V
                 .find_map(|l| l.strip_prefix(&prefix))
                 .and_then(|m| m.trim().parse().ok())
                 .unwrap_or_else(|| {
-                    panic!("{} host got no mapping from {server}: {}", site.kind, out.stdout)
+                    panic!(
+                        "{} host got no mapping from {server}: {}",
+                        site.kind, out.stdout
+                    )
                 })
         })
         .collect()
@@ -146,10 +149,24 @@ fn each_router_kind_maps_and_filters_as_its_name_says() {
             );
         }
         if kind == NatKind::Open {
-            assert_eq!(o.towards_a, at(site.host_ip, PROBE_PORT), "no NAT: no translation");
+            assert_eq!(
+                o.towards_a,
+                at(site.host_ip, PROBE_PORT),
+                "no NAT: no translation"
+            );
         } else {
-            assert_eq!(o.conntrack_a, Some(o.towards_a), "{kind}: conntrack towards A\n{}", ruleset());
-            assert_eq!(o.conntrack_b, Some(o.towards_b), "{kind}: conntrack towards B\n{}", ruleset());
+            assert_eq!(
+                o.conntrack_a,
+                Some(o.towards_a),
+                "{kind}: conntrack towards A\n{}",
+                ruleset()
+            );
+            assert_eq!(
+                o.conntrack_b,
+                Some(o.towards_b),
+                "{kind}: conntrack towards B\n{}",
+                ruleset()
+            );
         }
         let expected: BTreeSet<SocketAddrV4> = match kind {
             NatKind::Open | NatKind::FullCone => [same, other_port, other_address].into(),
@@ -165,6 +182,38 @@ fn each_router_kind_maps_and_filters_as_its_name_says() {
     }
 }
 
+#[test]
+fn a_full_cone_lets_anyone_in_even_when_masquerade_changes_the_port() {
+    let mut nat = NatLab::new("nmap");
+    let a = nat.add_internet_host("a", 2);
+    let same = at(a.ips[0], REFLECT_PORT);
+    let other_address = at(a.ips[1], REFLECT_PORT);
+    nat.spawn_reflector(&a, &[same, other_address]);
+    let site = nat.add_site(NatKind::FullCone);
+    // The cone map must send inbound packets to the host's port, not the public one.
+    let standard = natlab::nft_rules(NatKind::FullCone, site.host_ip);
+    let ports_changed = standard.replace(
+        "oifname \"wan\" masquerade\n",
+        "oifname \"wan\" meta l4proto udp masquerade to :50000-50009\n",
+    );
+    assert_ne!(standard, ports_changed, "the masquerade rule moved");
+    nat.set_rules(&site, &ports_changed);
+
+    let mapped = mappings(&nat, &site, PROBE_PORT, &[same])[0];
+    assert_eq!(mapped.ip(), &site.public_ip);
+    assert!(
+        (50000..=50009).contains(&mapped.port()),
+        "masquerade should have picked a port in 50000-50009, not {mapped}"
+    );
+    let got_in = admitted(&nat, &site, PROBE_PORT, same);
+    assert_eq!(
+        got_in,
+        [same, other_address].into(),
+        "after sending to {same} from port {PROBE_PORT} (public {mapped}), any address gets in\n{}",
+        nat.ruleset(&site)
+    );
+}
+
 /// Runs one simultaneous-open attempt between `x` and `y` (local port `port` on both) through
 /// the reflector; returns whether x heard y and whether y heard x.
 fn punch(nat: &NatLab, x: &Site, y: &Site, port: u16, reflector: SocketAddrV4) -> (bool, bool) {
@@ -175,8 +224,19 @@ fn punch(nat: &NatLab, x: &Site, y: &Site, port: u16, reflector: SocketAddrV4) -
         nat.probe(
             site.host,
             &[
-                "punch", "--port", &port_text, "--reflector", &refl, "--me", me, "--peer", peer,
-                "--tries", "12", "--interval", "0.25",
+                "punch",
+                "--port",
+                &port_text,
+                "--reflector",
+                &refl,
+                "--me",
+                me,
+                "--peer",
+                peer,
+                "--tries",
+                "12",
+                "--interval",
+                "0.25",
             ],
         )
         .expect_success()
@@ -243,7 +303,11 @@ fn simultaneous_punching_gets_through_except_port_restricted_or_symmetric_to_sym
             let cell = format!(
                 "{}{} ({}/{})",
                 if through { "direct" } else { "no" },
-                if through == kx.punchable_with(ky) { "" } else { " !!" },
+                if through == kx.punchable_with(ky) {
+                    ""
+                } else {
+                    " !!"
+                },
                 a as u8,
                 b as u8
             );
@@ -252,7 +316,11 @@ fn simultaneous_punching_gets_through_except_port_restricted_or_symmetric_to_sym
                 wrong.push(format!(
                     "{kx}↔{ky}: measured {}, design.md says {}",
                     if through { "through" } else { "blocked" },
-                    if kx.punchable_with(ky) { "through" } else { "blocked" }
+                    if kx.punchable_with(ky) {
+                        "through"
+                    } else {
+                        "blocked"
+                    }
                 ));
             }
         }

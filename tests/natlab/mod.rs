@@ -152,7 +152,7 @@ impl NatKind {
 
 impl fmt::Display for NatKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
@@ -223,7 +223,10 @@ impl NatLab {
     /// Adds internet host `<base>-<tag>` with `addresses` (1 or 2) consecutive addresses on
     /// `eth0`. `tag` is also its bridge port: at most 15 bytes, not `br0`, `r<i>` or `s<i>`.
     pub fn add_internet_host(&mut self, tag: &str, addresses: usize) -> InternetHost {
-        assert!((1..=2).contains(&addresses), "1 or 2 addresses, not {addresses}");
+        assert!(
+            (1..=2).contains(&addresses),
+            "1 or 2 addresses, not {addresses}"
+        );
         assert!(
             tag.len() <= 15
                 && tag != "br0"
@@ -254,7 +257,12 @@ impl NatLab {
     pub fn add_site(&mut self, kind: NatKind) -> Site {
         let index = self.sites.len();
         let i = u8::try_from(index).expect("at most 154 sites");
-        let public_ip = Ipv4Addr::new(203, 0, 113, FIRST_SITE.checked_add(i).expect("too many sites"));
+        let public_ip = Ipv4Addr::new(
+            203,
+            0,
+            113,
+            FIRST_SITE.checked_add(i).expect("too many sites"),
+        );
         let public = format!("{public_ip}/{INTERNET_PREFIX}");
         let site = if kind == NatKind::Open {
             let host = self.lab.add_bare(&format!("h{index}"), public_ip);
@@ -279,10 +287,12 @@ impl NatLab {
             let inet = self.lab.bridge_ns().to_string();
             let port = format!("r{index}");
             ip(&[
-                "-n", &inet, "link", "add", &port, "type", "veth", "peer", "name", "wan", "netns",
-                &r_ns,
+                "-n", &inet, "link", "add", "name", &port, "type", "veth", "peer", "name", "wan",
+                "netns", &r_ns,
             ]);
-            ip(&["-n", &inet, "link", "set", &port, "master", "br0", "up"]);
+            ip(&[
+                "-n", &inet, "link", "set", "dev", &port, "master", "br0", "up",
+            ]);
             ip(&["-n", &r_ns, "addr", "add", &public, "dev", "wan"]);
             ip(&["-n", &r_ns, "link", "set", "wan", "up"]);
             ip(&[
@@ -356,6 +366,18 @@ impl NatLab {
         p
     }
 
+    /// Replaces the site's router rules with `rules` (nftables syntax, like [`nft_rules`])
+    /// and flushes its conntrack table, so no old flow keeps its old mapping. `site.kind`
+    /// still names the kind the site was made as.
+    pub fn set_rules(&self, site: &Site, rules: &str) {
+        let r = site.router.expect("an open site has no router");
+        let path = self.lab.dir().join(format!("r{}-custom.nft", site.index));
+        std::fs::write(&path, format!("flush ruleset\n{rules}")).expect("write nft rules");
+        let path = path.display().to_string();
+        self.lab.exec(r, &["nft", "-f", &path]).expect_success();
+        self.flush_conntrack(site);
+    }
+
     /// `conntrack -F` on the site's router (nothing for an open site).
     pub fn flush_conntrack(&self, site: &Site) {
         if let Some(r) = site.router {
@@ -387,9 +409,12 @@ impl NatLab {
     fn plug_into_internet(&self, port: &str, ns: &str) {
         let inet = self.lab.bridge_ns().to_string();
         ip(&[
-            "-n", &inet, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            "-n", &inet, "link", "add", "name", port, "type", "veth", "peer", "name", "eth0",
+            "netns", ns,
         ]);
-        ip(&["-n", &inet, "link", "set", port, "master", "br0", "up"]);
+        ip(&[
+            "-n", &inet, "link", "set", "dev", port, "master", "br0", "up",
+        ]);
         ip(&["-n", ns, "link", "set", "eth0", "up"]);
     }
 }
@@ -445,7 +470,8 @@ pub fn nft_rules(kind: NatKind, host: Ipv4Addr) -> String {
         out += "        iifname \"wan\" oifname \"lan\" ct status dnat accept\n";
     }
     out += "    }\n";
-    out += "    chain input {\n        type filter hook input priority filter; policy drop;\n        \
+    out +=
+        "    chain input {\n        type filter hook input priority filter; policy drop;\n        \
             iifname \"lo\" accept\n        ct state established,related accept\n        \
             iifname \"lan\" accept\n    }\n";
     out += "}\n";
@@ -463,7 +489,12 @@ pub fn parse_flow(line: &str) -> Option<Flow> {
             .filter_map(|w| w.strip_prefix(name))
             .collect()
     };
-    let (src, dst, sport, dport) = (field("src="), field("dst="), field("sport="), field("dport="));
+    let (src, dst, sport, dport) = (
+        field("src="),
+        field("dst="),
+        field("sport="),
+        field("dport="),
+    );
     if src.len() < 2 || dst.len() < 2 || sport.len() < 2 || dport.len() < 2 {
         return None;
     }
