@@ -20,6 +20,8 @@ use natlab::{InternetHost, NatKind, NatLab, Site};
 const REFLECT_PORT: u16 = 3478;
 /// Local port the classification probes use.
 const PROBE_PORT: u16 = 40000;
+/// Port an internet host sends an unsolicited packet from (plus the site's index).
+const UNSOLICITED_PORT: u16 = 40100;
 /// First local port of the punching pairs (pair `p` uses `PUNCH_PORT + p` on both hosts).
 const PUNCH_PORT: u16 = 41000;
 
@@ -79,6 +81,27 @@ struct Observed {
 fn observe(nat: &NatLab, site: &Site, a: &InternetHost, b: &InternetHost) -> Observed {
     let to_a = at(a.ips[0], REFLECT_PORT);
     let to_b = at(b.ips[0], REFLECT_PORT);
+    // An unsolicited packet to the port the host is about to use: the WAN firewall drops it
+    // without a trace, so it cannot change the mapping the host gets next.
+    let target = at(site.public_ip, PROBE_PORT).to_string();
+    // Sites are observed in parallel: each sends from a port of its own.
+    let from = at(b.ips[0], UNSOLICITED_PORT + site.index as u16);
+    let from_port = from.port().to_string();
+    nat.probe(
+        b.node,
+        &["send", "--port", &from_port, &target, "unsolicited"],
+    )
+    .expect_success();
+    let traces: Vec<_> = nat
+        .conntrack(site)
+        .into_iter()
+        .filter(|f| f.orig_src == from)
+        .collect();
+    assert!(
+        traces.is_empty(),
+        "{}: an unsolicited packet left conntrack entries {traces:?}",
+        site.kind
+    );
     let m = mappings(nat, site, PROBE_PORT, &[to_a, to_b]);
     let flows = nat.conntrack(site);
     let public_of = |dst: SocketAddrV4| {

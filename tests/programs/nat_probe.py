@@ -19,6 +19,8 @@ reflector is the mapping its other packets use.
   nat_probe.py filter --port P SERVER [--wait S]
       Sends "filter" to SERVER three times, listens S seconds after the last one, and prints
       "from ADDR:PORT" once per source whose packets got in, sorted, then "done".
+  nat_probe.py send --port P DST TEXT
+      Sends one datagram TEXT to DST (IP:PORT) from port P; prints "sent".
   nat_probe.py punch --port P --reflector IP:PORT --me ID --peer ID [--tries N] [--interval S]
       Registers ID at the reflector, waits until PEER has registered too, prints "peer IP:PORT",
       then sends "punch ID i" to the peer N times, S seconds apart, while listening (both ends
@@ -138,6 +140,12 @@ def filtering(args):
     print("done", flush=True)
 
 
+def send(args):
+    s = client_socket(args.port)
+    s.sendto(args.text.encode(), addr(args.dst))
+    print("sent", flush=True)
+
+
 def punch(args):
     s = client_socket(args.port)
     reflector = addr(args.reflector)
@@ -192,6 +200,10 @@ def main():
     f.add_argument("--port", type=int, required=True)
     f.add_argument("--wait", type=float, default=1.0)
     f.add_argument("server")
+    d = sub.add_parser("send")
+    d.add_argument("--port", type=int, required=True)
+    d.add_argument("dst")
+    d.add_argument("text")
     u = sub.add_parser("punch")
     u.add_argument("--port", type=int, required=True)
     u.add_argument("--reflector", required=True)
@@ -201,7 +213,7 @@ def main():
     u.add_argument("--interval", type=float, default=0.3)
     u.add_argument("--rendezvous", type=float, default=30.0)
     args = p.parse_args()
-    {"reflect": reflect, "map": mapping, "filter": filtering, "punch": punch}[args.cmd](args)
+    {"reflect": reflect, "map": mapping, "filter": filtering, "send": send, "punch": punch}[args.cmd](args)
 
 
 if __name__ == "__main__":
