@@ -14,6 +14,7 @@ use crate::control::http_api::{ChallengeRequest, CreatePartyRequest, HeartbeatBo
 use crate::control::registry::Registry;
 use crate::wire::http::{self, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 use crate::wire::ip::Ipv4View;
+use crate::wire::relay::{self, Frame};
 use crate::wire::wg::{self, Datagram};
 
 /// A target body: takes any bytes, returns whether the parser accepted them.
@@ -27,6 +28,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("registry_json", registry_json),
     ("http_request", http_request),
     ("api_bodies", api_bodies),
+    ("relay_frame", relay_frame),
 ];
 
 /// `Ipv4View::parse`; on success the accessors must read the fixed header (RFC 791 §3.1).
@@ -196,4 +198,91 @@ pub fn api_bodies(data: &[u8]) -> bool {
         body_round_trips::<HeartbeatBody>(data),
     ];
     results.contains(&true)
+}
+
+/// `wire::relay::Frame::parse`. An accepted frame is written back byte for byte by the
+/// emitters; and whatever the bytes, the relay core and a member's client take them without
+/// panicking, and the relay never answers with more bytes than came in.
+pub fn relay_frame(data: &[u8]) -> bool {
+    use crate::relay::client::RelayClient;
+    use crate::relay::core::{Config, Now, Relay};
+    let at = std::time::Instant::now();
+    let now = Now {
+        at,
+        unix_ms: 1_800_000_000_000,
+    };
+    let src = std::net::SocketAddr::from(([192, 0, 2, 1], 4000));
+    let mut relay = Relay::new(Config::default(), &[0x5A; 32], now);
+    let mut buf = data.to_vec();
+    if let Some(out) = relay.handle_datagram(src, &mut buf, now) {
+        assert!(
+            out.payload.len() <= data.len(),
+            "amplified {} bytes",
+            data.len()
+        );
+    }
+    let mut client = RelayClient::new(src, at);
+    let _ = client.handle_datagram(src, data, at);
+
+    let Ok(frame) = Frame::parse(data) else {
+        return false;
+    };
+    let mut out = vec![0u8; data.len() + 64];
+    let len = match frame {
+        Frame::Bind {
+            timestamp_ms,
+            ticket,
+            proof,
+            signed,
+        } => {
+            assert_eq!(ticket.bytes.len() + relay::BIND_FIXED_LEN, data.len());
+            assert_eq!(signed.len() + relay::TAG_LEN, data.len());
+            assert!(!ticket.party.is_empty() && ticket.party.len() <= relay::MAX_PARTY_LEN);
+            let signed_len = relay::emit_bind_signed(&mut out, timestamp_ms, ticket.bytes)
+                .unwrap_or_else(|e| panic!("cannot re-emit a parsed bind: {e:?}"));
+            let tag: [u8; relay::TAG_LEN] =
+                proof.try_into().unwrap_or_else(|_| panic!("proof size"));
+            relay::finish_tagged(&mut out, signed_len, &tag).unwrap_or(0)
+        }
+        Frame::Bound {
+            timestamp_ms,
+            idle_timeout_s,
+            tag,
+            ..
+        } => {
+            let signed_len =
+                relay::emit_bound_signed(&mut out, timestamp_ms, idle_timeout_s).unwrap_or(0);
+            let tag: [u8; relay::TAG_LEN] = tag.try_into().unwrap_or_else(|_| panic!("tag size"));
+            relay::finish_tagged(&mut out, signed_len, &tag).unwrap_or(0)
+        }
+        Frame::Refused {
+            timestamp_ms,
+            reason,
+            tag,
+            ..
+        } => {
+            let signed_len =
+                relay::emit_refused_signed(&mut out, timestamp_ms, reason).unwrap_or(0);
+            let tag: [u8; relay::TAG_LEN] = tag.try_into().unwrap_or_else(|_| panic!("tag size"));
+            relay::finish_tagged(&mut out, signed_len, &tag).unwrap_or(0)
+        }
+        Frame::DataTo { to, payload } => {
+            relay::emit_data(&mut out, relay::DATA_TO, to, payload).unwrap_or(0)
+        }
+        Frame::DataFrom { from, payload } => {
+            relay::emit_data(&mut out, relay::DATA_FROM, from, payload).unwrap_or(0)
+        }
+        Frame::Keepalive { echo } => {
+            relay::emit_keepalive(&mut out, relay::KEEPALIVE, echo).unwrap_or(0)
+        }
+        Frame::KeepaliveAck { echo } => {
+            relay::emit_keepalive(&mut out, relay::KEEPALIVE_ACK, echo).unwrap_or(0)
+        }
+    };
+    assert_eq!(
+        &out[..len],
+        data,
+        "a parsed frame does not write back the same"
+    );
+    true
 }

@@ -2,6 +2,7 @@
 //!
 //! Layout: `wire` (codecs), `control` (control plane: registry, IPAM, backends),
 //! `dataplane` (tun + UDP + WireGuard loop), `daemon` (threads of a running member),
+//! `server` (control server), `relay` (relay server, tickets, a member's relay client),
 //! `cli` (commands).
 
 pub mod atomic_file;
@@ -15,6 +16,7 @@ pub mod fuzz_entry;
 pub mod identity;
 pub mod logging;
 pub mod random;
+pub mod relay;
 pub mod server;
 pub mod state_dir;
 pub mod status;

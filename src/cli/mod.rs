@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod config;
+mod relay;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,7 @@ Usage: lanparty-lite COMMAND [OPTIONS]
 
 Commands:
   server --listen ADDR:PORT   run the control server members join through
+  relay --listen ADDR:PORT    run a relay for members whose NATs cannot meet directly
   create NAME --control URL   create a party and print its join code
   join CODE                   join a party and run the member in the foreground
   status                      show the running member and its peers
@@ -78,7 +80,8 @@ Runs the control server (HTTP/1.1 JSON API under /v1/) in the foreground until S
   --max-parties N     most parties at once (default 1000)
   --max-peers N       most members per party (default 64)
   --rate-limit N      requests per second per source address, bursts of 2N (default 20; 0: off)
-  --relay-secret-file FILE  secret shared with relays (>= 32 characters); enables relay registration";
+  --relay-secret-file FILE  secret shared with relays (>= 32 characters); enables relay
+                            registration and relay tickets";
 
 const HELP_STATUS: &str = "\
 Usage: lanparty-lite status [--json] [--state-dir DIR]
@@ -153,6 +156,7 @@ const STATUS: Spec = Spec {
 /// Every command's flags: what a configuration file section may set.
 const COMMANDS: &[(&str, &Spec)] = &[
     ("server", &SERVER),
+    ("relay", &relay::SPEC),
     ("create", &CREATE),
     ("join", &JOIN),
     ("status", &STATUS),
@@ -177,6 +181,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
             return Ok(());
         }
         "server" => Some(HELP_SERVER),
+        "relay" => Some(relay::HELP),
         "create" => Some(HELP_CREATE),
         "join" => Some(HELP_JOIN),
         "status" => Some(HELP_STATUS),
@@ -195,6 +200,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
     }
     match command.as_str() {
         "server" => server(rest),
+        "relay" => relay::relay(rest),
         "create" => create(rest),
         "join" => join(rest),
         "status" => show_status(rest),

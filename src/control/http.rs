@@ -10,10 +10,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use x25519_dalek::StaticSecret;
 
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+
 use super::http_api::*;
 use super::registry::{JoinRequest, Member, NewParty};
 use super::{proof, ControlError, ControlPlane, CreatedParty, JoinCode, Roster};
 use crate::identity::Key;
+use crate::relay::client::Grant;
+use crate::server::relays::{Registration, RelayInfo};
+use crate::wire::relay::TicketView;
 
 /// Timeout for connecting and for ordinary calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -173,6 +179,52 @@ impl HttpControl {
             401 | 403 => ControlError::Denied(message),
             _ => ControlError::Unavailable(format!("{}: {message}", self.base)),
         })
+    }
+
+    /// A relay ticket for the joined member (`POST /v1/parties/{id}/relay-ticket`), checked
+    /// to be well formed, ready for `relay::client::RelayClient::handle_ticket`.
+    pub fn relay_ticket(&self, party_id: &str) -> Result<Grant, ControlError> {
+        let reply: RelayTicketReply = self.call(
+            "POST",
+            &format!("/v1/parties/{party_id}/relay-ticket"),
+            None::<&()>,
+            CALL_TIMEOUT,
+        )?;
+        let unexpected =
+            || ControlError::Unavailable(format!("{}: unexpected relay ticket", self.base));
+        let ticket = URL_SAFE_NO_PAD
+            .decode(&reply.ticket)
+            .map_err(|_| unexpected())?;
+        if ticket.len() > 255 || TicketView::parse(&ticket).is_err() {
+            return Err(unexpected());
+        }
+        let bind_key: [u8; 32] = STANDARD
+            .decode(&reply.bind_key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(unexpected)?;
+        Ok(Grant {
+            ticket,
+            bind_key,
+            expires_at: reply.expires_at,
+            server_time: reply.time,
+        })
+    }
+
+    /// Relays the server lists (`GET /v1/relays`).
+    pub fn relays(&self) -> Result<Vec<RelayInfo>, ControlError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            relays: Vec<RelayInfo>,
+        }
+        let list: List = self.call("GET", "/v1/relays", None::<&()>, CALL_TIMEOUT)?;
+        Ok(list.relays)
+    }
+
+    /// Registers (or refreshes) a relay (`POST /v1/relays`); `reg` must be signed.
+    pub fn register_relay(&self, reg: &Registration) -> Result<(), ControlError> {
+        self.call::<serde_json::Value>("POST", "/v1/relays", Some(reg), CALL_TIMEOUT)
+            .map(|_| ())
     }
 
     /// Reads the roster, held by the server until its version passes `since` (or ~25 s).

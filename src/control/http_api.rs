@@ -122,3 +122,18 @@ pub struct ErrorReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_peers: Option<u32>,
 }
+
+/// Reply to `POST /v1/parties/{id}/relay-ticket`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RelayTicketReply {
+    /// The ticket, base64url without padding (put into binds unchanged).
+    pub ticket: String,
+    /// The ticket's bind key, base64 (32 bytes; never sent to a relay).
+    pub bind_key: String,
+    /// Unix seconds the ticket expires.
+    pub expires_at: u64,
+    /// The server's clock when it issued the ticket, Unix seconds.
+    pub time: u64,
+    /// The member the ticket is for.
+    pub member_id: String,
+}

@@ -103,7 +103,7 @@ fn add_route(name: &str, dst: Ipv4Addr, prefix: u8) -> Result<(), TunError> {
         return Err(fail(std::io::Error::last_os_error()));
     }
     // SAFETY: SIOCADDRT reads a valid rtentry whose rt_dev points at a live C string.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCADDRT, &route) };
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCADDRT as _, &route) };
     let err = std::io::Error::last_os_error();
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };

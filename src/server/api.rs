@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 use ipnet::Ipv4Net;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -221,6 +223,9 @@ impl Api {
                 Ok(Outcome::Reply(200, b"{\"ok\":true}".to_vec()))
             }
             (Method::Post, ["v1", "parties"]) => self.create_party(parse_body(req)?, now),
+            (Method::Post, ["v1", "parties", party, "relay-ticket"]) => {
+                self.relay_ticket(req, party, now)
+            }
             (Method::Post, ["v1", "parties", party, "challenge"]) => {
                 self.challenge(party, parse_body(req)?, now)
             }
@@ -502,6 +507,33 @@ impl Api {
                 })
             })?;
         Ok((claims.member_id, member.public_key.clone()))
+    }
+
+    /// A relay ticket for the member whose token this is.
+    fn relay_ticket(&self, req: &Request, party_id: &str, now: u64) -> Result<Outcome, ApiError> {
+        let (member_id, public_key) = self.verified(req, party_id, now)?;
+        let (issued, expires_at) = self
+            .relays
+            .issue_ticket(party_id, &member_id, &public_key, now)
+            .map_err(|e| match e {
+                RelayError::Disabled => ApiError::Forbidden(
+                    "this server issues no relay tickets (started without --relay-secret-file)"
+                        .into(),
+                ),
+                _ => ApiError::Unavailable(
+                    "cannot issue a relay ticket for this member record".into(),
+                ),
+            })?;
+        Ok(json(
+            200,
+            &RelayTicketReply {
+                ticket: URL_SAFE_NO_PAD.encode(&issued.ticket),
+                bind_key: STANDARD.encode(issued.bind_key),
+                expires_at,
+                time: now,
+                member_id,
+            },
+        ))
     }
 
     fn token_remaining(&self, req: &Request, now: u64) -> u64 {

@@ -1157,3 +1157,77 @@ fn relays_register_with_the_shared_secret_and_are_listed() {
         "a silent relay is dropped"
     );
 }
+
+// --- POST /v1/parties/{id}/relay-ticket ---------------------------------------------------
+
+const RELAY_SECRET: &[u8] = b"relay secret of at least 32 bytes!";
+
+fn relay_ticket(h: &mut Harness, party: &Party, token: Option<&str>) -> Outcome {
+    let path = format!("/v1/parties/{}/relay-ticket", party.id);
+    h.call("POST", &path, token, "{}")
+}
+
+#[test]
+fn a_member_gets_a_ten_minute_relay_ticket_that_a_relay_with_the_secret_accepts() {
+    use crate::relay::ticket::{BindKey, RelaySecret, TICKET_LIFETIME_S};
+    use crate::wire::relay::TicketView;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let mut h = Harness::new();
+    h.api.relays = crate::server::relays::Relays::new(Some(RELAY_SECRET.to_vec()));
+    let party = h.create_party("friday");
+    let member = h.join(&party, 1);
+    let reply: RelayTicketReply = ok(relay_ticket(&mut h, &party, Some(&member.token)), 200);
+    assert_eq!(reply.expires_at, h.now + TICKET_LIFETIME_S);
+    assert_eq!(reply.time, h.now);
+    assert_eq!(reply.member_id, member.id);
+    let bytes = URL_SAFE_NO_PAD.decode(&reply.ticket).unwrap();
+    let ticket = TicketView::parse(&bytes).unwrap();
+    assert_eq!(ticket.party, party.id);
+    assert_eq!(ticket.member.to_string(), member.id);
+    assert_eq!(ticket.public_key, public_of(&member.secret).0);
+    assert_eq!(ticket.expires_at, reply.expires_at);
+    let relay = RelaySecret::new(RELAY_SECRET);
+    assert!(relay.verify(&ticket));
+    let bind_key: [u8; 32] = STANDARD
+        .decode(&reply.bind_key)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert!(relay
+        .bind_key(&bytes)
+        .verify(b"bind", &BindKey::new(bind_key).tag(b"bind")));
+    let other = RelaySecret::new(b"another relay secret of 32 bytes!!");
+    assert!(
+        !other.verify(&ticket),
+        "only relays with the secret accept it"
+    );
+}
+
+#[test]
+fn a_relay_ticket_needs_a_valid_token_of_the_party() {
+    let mut h = Harness::new();
+    h.api.relays = crate::server::relays::Relays::new(Some(RELAY_SECRET.to_vec()));
+    let party = h.create_party("friday");
+    let other_party = h.create_party("saturday");
+    let member = h.join(&party, 1);
+    let outsider = h.join(&other_party, 2);
+    error(relay_ticket(&mut h, &party, None), 401);
+    error(relay_ticket(&mut h, &party, Some("garbage")), 401);
+    let forged = with_field(&member.token, 4, "AAAA");
+    error(relay_ticket(&mut h, &party, Some(&forged)), 401);
+    let wrong = error(relay_ticket(&mut h, &party, Some(&outsider.token)), 403);
+    assert!(wrong.contains("another party"), "{wrong}");
+    let path = format!("/v1/parties/{}/members/{}", party.id, member.id);
+    let _: serde_json::Value = ok(h.call("DELETE", &path, Some(&member.token), ""), 200);
+    error(relay_ticket(&mut h, &party, Some(&member.token)), 404);
+}
+
+#[test]
+fn a_server_without_a_relay_secret_issues_no_relay_tickets() {
+    let mut h = Harness::new();
+    let party = h.create_party("friday");
+    let member = h.join(&party, 1);
+    let message = error(relay_ticket(&mut h, &party, Some(&member.token)), 403);
+    assert!(message.contains("--relay-secret-file"), "{message}");
+}

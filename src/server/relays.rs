@@ -10,6 +10,9 @@ use base64::Engine;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
+use crate::relay::ticket::{Issued, RelaySecret, TICKET_LIFETIME_S};
+use crate::wire::relay::MemberId;
+
 /// A relay that has not refreshed its registration for this long is no longer listed.
 pub const RELAY_TTL_S: u64 = 90;
 /// Registrations must be this fresh (and not from further in the future).
@@ -87,6 +90,7 @@ impl Registration {
 #[derive(Default)]
 pub struct Relays {
     secret: Option<Vec<u8>>,
+    tickets: Option<RelaySecret>,
     known: BTreeMap<SocketAddr, RelayInfo>,
 }
 
@@ -94,9 +98,29 @@ impl Relays {
     /// Accepts registrations signed with `secret` (`None`: registration disabled).
     pub fn new(secret: Option<Vec<u8>>) -> Relays {
         Relays {
+            tickets: secret.as_deref().map(RelaySecret::new),
             secret,
             known: BTreeMap::new(),
         }
+    }
+
+    /// A relay ticket for a member (its id and base64 public key as the registry holds
+    /// them), valid for [`TICKET_LIFETIME_S`] from `now`.
+    pub fn issue_ticket(
+        &self,
+        party_id: &str,
+        member_id: &str,
+        public_key: &str,
+        now: u64,
+    ) -> Result<(Issued, u64), RelayError> {
+        let tickets = self.tickets.as_ref().ok_or(RelayError::Disabled)?;
+        let member = MemberId::from_hex(member_id).ok_or(RelayError::Invalid)?;
+        let key = crate::identity::Key::parse(public_key).ok_or(RelayError::Invalid)?;
+        let expires_at = now + TICKET_LIFETIME_S;
+        let issued = tickets
+            .issue(party_id, member, key.0, expires_at)
+            .map_err(|_| RelayError::Invalid)?;
+        Ok((issued, expires_at))
     }
 
     /// Records or refreshes a relay.

@@ -2,4 +2,5 @@
 
 pub mod http;
 pub mod ip;
+pub mod relay;
 pub mod wg;
