@@ -1,9 +1,13 @@
 //! The NAT lab: an "internet", hosts on it, and sites behind Linux routers that reproduce the
 //! NAT behaviours of RFC 4787 with nftables (design.md section 6, issue 4).
 //!
-//! Use it with `mod natlab;` (it brings its own copy of `tests/lab/mod.rs` as
-//! [`natlab::lab`](lab)); a [`NatLab`] derefs to the [`lab::Lab`] guard underneath, so
-//! `exec`, `spawn`, `stdout`, `wait_line`, `lp`, `status`, `spawn_join`… work on every node.
+//! Use it with `mod natlab;` alone: it brings its own copy of `tests/lab/mod.rs` as
+//! [`natlab::lab`](lab) (`BIN`, `Finished`, `wait_until`, …; a second `mod lab;` in the same
+//! test would be a second, incompatible copy). A [`NatLab`] derefs to the [`lab::Lab`] guard
+//! underneath, so `exec`, `spawn`, `stdout`, `wait_line`, `lp`, `status`, `spawn_join`
+//! (member name `m<node index>`)… work on every node: internet hosts, routers, site hosts.
+//! [`NAT_PROBE`] (`tests/programs/nat_probe.py`) is a UDP reflector and client for tests that
+//! need plain UDP: mappings, filtering, simultaneous open.
 //!
 //! # Topology and address plan
 //!
@@ -53,8 +57,8 @@
 //! assured-UDP conntrack timeout). Masquerade keeps the host's port when it is free, so the
 //! public port normally equals the host's; the map does not depend on that. [`nft_rules`] is
 //! the exact text loaded. After loading, the router's conntrack table is flushed
-//! (`conntrack -F`); call [`NatLab::flush_conntrack`] after any later rule change, or old
-//! flows keep their mappings.
+//! (`conntrack -F`), or old flows would keep their mappings; [`NatLab::set_rules`] replaces a
+//! router's rules and flushes too, [`NatLab::flush_conntrack`] only flushes.
 //!
 //! Measured with this lab (tests/e2e_natlab.rs): simultaneous UDP hole punching works for every
 //! pair of kinds except port-restricted↔symmetric and symmetric↔symmetric
