@@ -312,7 +312,7 @@ fn simultaneous_punching_gets_through_except_port_restricted_or_symmetric_to_sym
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
 
-    let mut table = format!("{:<22}", "punching (x heard y / y heard x)");
+    let mut table = format!("{:<32}", "(row heard column / column heard row)");
     for k in NatKind::ALL {
         table += &format!(" {:>21}", k.name());
     }
@@ -320,8 +320,13 @@ fn simultaneous_punching_gets_through_except_port_restricted_or_symmetric_to_sym
     for kx in NatKind::ALL {
         table += &format!("\n{:<32}", kx.name());
         for ky in NatKind::ALL {
-            let key = if kx <= ky { (kx, ky) } else { (ky, kx) };
-            let (a, b) = measured[&key];
+            // (row heard column, column heard row)
+            let (a, b) = if kx <= ky {
+                measured[&(kx, ky)]
+            } else {
+                let (a, b) = measured[&(ky, kx)];
+                (b, a)
+            };
             let through = a && b;
             let cell = format!(
                 "{}{} ({}/{})",

@@ -22,7 +22,9 @@ reflector is the mapping its other packets use.
   nat_probe.py send --port P DST TEXT
       Sends one datagram TEXT to DST (IP:PORT) from port P; prints "sent".
   nat_probe.py punch --port P --reflector IP:PORT --me ID --peer ID [--tries N] [--interval S]
-      Registers ID at the reflector, waits until PEER has registered too, prints "peer IP:PORT",
+                     [--rendezvous S]
+      Registers ID at the reflector, waits (at most --rendezvous seconds, default 20) until
+      PEER has registered too (exit 3 if it never does), prints "peer IP:PORT",
       then sends "punch ID i" to the peer N times, S seconds apart, while listening (both ends
       do this at the same time: simultaneous open). A punch from PEER moves the target to the
       source it came from (a peer-reflexive address, as ICE does). Prints "got punch from
@@ -211,7 +213,7 @@ def main():
     u.add_argument("--peer", required=True)
     u.add_argument("--tries", type=int, default=10)
     u.add_argument("--interval", type=float, default=0.3)
-    u.add_argument("--rendezvous", type=float, default=30.0)
+    u.add_argument("--rendezvous", type=float, default=20.0)
     args = p.parse_args()
     {"reflect": reflect, "map": mapping, "filter": filtering, "send": send, "punch": punch}[args.cmd](args)
 
