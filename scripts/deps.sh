@@ -13,6 +13,7 @@ have sha256sum || need+=(coreutils)
 have setpriv || need+=(util-linux)
 have nft || need+=(nftables)
 have conntrack || need+=(conntrack)
+have sysctl || need+=(procps)  # the NAT lab turns on forwarding in its routers
 have iperf3 || need+=(iperf3)
 have socat || need+=(socat)
 have openssl || need+=(openssl)

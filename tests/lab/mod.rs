@@ -183,8 +183,8 @@ fn run_in_dir(dir: &Path, argv: &[&str], env: &[(&str, &str)], timeout: Duration
     }
 }
 
-/// Runs a command in the root namespace (used for lab setup), panicking if it fails.
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS…` in the root namespace (used for lab setup), panicking if it fails.
+pub fn ip(args: &[&str]) {
     let mut argv = vec!["ip"];
     argv.extend_from_slice(args);
     let out = Command::new("ip")
@@ -322,6 +322,12 @@ impl Lab {
     /// Builds a LAN with `members` member namespaces. `tag` (a few letters) names the test in
     /// namespace names, for debugging.
     pub fn new(tag: &str, members: usize) -> Lab {
+        Lab::with_bridge(tag, members, "lan")
+    }
+
+    /// Like [`Lab::new`], but the namespace holding the bridge `br0` is `<base>-<bridge_tag>`
+    /// (the NAT lab calls it `inet`: there the bridge plays "the internet").
+    pub fn with_bridge(tag: &str, members: usize, bridge_tag: &str) -> Lab {
         require_root();
         sweep_stale();
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
@@ -331,7 +337,7 @@ impl Lab {
         fs::create_dir_all(&dir).expect("create lab directory");
         let subnet = (1 + (std::process::id() + n) % 250) as u8;
         let mut lab = Lab {
-            lan_ns: format!("{base}-lan"),
+            lan_ns: format!("{base}-{bridge_tag}"),
             subnet,
             base,
             dir,
@@ -385,6 +391,26 @@ impl Lab {
             state_dir,
         });
         self.nodes.len() - 1
+    }
+
+    /// Creates namespace `<base>-<tag>` with only `lo` up and returns its node index, with
+    /// `address` as its [`Node::underlay_ip`]. The caller makes its links (see
+    /// [`Lab::bridge_ns`]); the lab deletes it and stops what runs in it like any other node.
+    pub fn add_bare(&mut self, tag: &str, address: Ipv4Addr) -> usize {
+        let ns = format!("{}-{tag}", self.base);
+        self.add_namespace(&ns);
+        let state_dir = self.dir.join(format!("{tag}-state"));
+        self.nodes.push(Node {
+            ns,
+            underlay_ip: address,
+            state_dir,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// The namespace holding the bridge `br0`.
+    pub fn bridge_ns(&self) -> &str {
+        &self.lan_ns
     }
 
     fn add_namespace(&mut self, ns: &str) {
