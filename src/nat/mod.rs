@@ -1,7 +1,8 @@
 //! NAT discovery: what a member's NAT does ([`classify`], a pure state machine over STUN that
 //! does not own a socket: its packets leave through the data plane's socket, so the mapping it
 //! learns is the one WireGuard uses) and which pairs of members can punch through to each
-//! other ([`compat`]). The thread that drives them and the hole punching are left to callers.
+//! other ([`compat`]). `daemon::nat_thread` drives the classifier; the hole punching itself is
+//! `dataplane::peer` (WireGuard messages are the probes).
 
 pub mod classify;
 pub mod compat;
