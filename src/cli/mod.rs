@@ -3,15 +3,15 @@
 
 pub mod args;
 pub mod config;
+mod member;
 mod relay;
 
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
-use crate::control::{self, registry, CreatedParty, JoinCode, NewParty};
-use crate::daemon::{self, local_api, MemberOptions};
-use crate::dataplane::{broadcast, tun_device};
+use crate::control::{self, registry, CreatedParty, NewParty};
+use crate::daemon::local_api;
 use crate::failure::Failure;
 use crate::identity::Identity;
 use crate::server::ServerOptions;
@@ -28,6 +28,7 @@ Commands:
   server --listen ADDR:PORT   run the control server members join through
   relay --listen ADDR:PORT    run a relay for members whose NATs cannot meet directly
   create NAME --control URL   create a party and print its join code
+  host NAME                   run a whole party here: server, STUN, relay and a member
   join CODE                   join a party and run the member in the foreground
   status                      show the running member and its peers
   leave                       make the running member leave the party
@@ -123,7 +124,7 @@ const CREATE: Spec = Spec {
     positional_names: &["NAME"],
 };
 
-const JOIN: Spec = Spec {
+pub(super) const JOIN: Spec = Spec {
     valued: &[
         "name",
         "interface",
@@ -168,6 +169,7 @@ const COMMANDS: &[(&str, &Spec)] = &[
     ("relay", &relay::SPEC),
     ("create", &CREATE),
     ("join", &JOIN),
+    ("host", &member::HOST),
     ("status", &STATUS),
     ("leave", &STATE_ONLY),
     ("keygen", &STATE_ONLY),
@@ -179,7 +181,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
     let Some((command, rest)) = argv.split_first() else {
         return Err(Failure::Usage(USAGE.into()));
     };
-    if command != "join" {
+    if command != "join" && command != "host" {
         crate::logging::init(false);
     }
     let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
@@ -193,6 +195,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
         "relay" => Some(relay::HELP),
         "create" => Some(HELP_CREATE),
         "join" => Some(HELP_JOIN),
+        "host" => Some(member::HELP_HOST),
         "status" => Some(HELP_STATUS),
         "leave" => Some(HELP_LEAVE),
         "keygen" => Some(HELP_KEYGEN),
@@ -211,7 +214,8 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
         "server" => server(rest),
         "relay" => relay::relay(rest),
         "create" => create(rest),
-        "join" => join(rest),
+        "join" => member::join(rest),
+        "host" => member::host(rest),
         "status" => show_status(rest),
         "leave" => leave(rest),
         "keygen" => keygen(rest, true),
@@ -219,7 +223,7 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
     }
 }
 
-fn state_dir(args: &Args) -> Result<PathBuf, Failure> {
+pub(super) fn state_dir(args: &Args) -> Result<PathBuf, Failure> {
     state_dir::resolve(args.value("state-dir")).map_err(Failure::Input)
 }
 
@@ -274,59 +278,12 @@ fn create(argv: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn default_name() -> String {
+pub(super) fn default_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| registry::validate_name(h).is_ok())
         .unwrap_or_else(|| "member".into())
-}
-
-fn join(argv: &[String]) -> Result<(), Failure> {
-    let args = Args::load("join", argv, &JOIN, COMMANDS)?;
-    crate::logging::init(args.switch("syslog"));
-    let code = JoinCode::parse(&args.positionals[0]).map_err(|e| Failure::Input(e.to_string()))?;
-    let name = args.value("name").map_or_else(default_name, String::from);
-    registry::validate_name(&name).map_err(|e| Failure::Input(format!("--name: {e}")))?;
-    let interface = args
-        .value("interface")
-        .unwrap_or(tun_device::DEFAULT_INTERFACE)
-        .to_string();
-    tun_device::validate_name(&interface).map_err(Failure::Input)?;
-    let mtu: u16 = args.parsed("mtu")?.unwrap_or(tun_device::DEFAULT_MTU);
-    if !(tun_device::MIN_MTU..=9000).contains(&mtu) {
-        return Err(Failure::Input(format!(
-            "--mtu {mtu}: must be between {} and 9000",
-            tun_device::MIN_MTU
-        )));
-    }
-    let broadcast_rate: u32 = args
-        .parsed("broadcast-rate")?
-        .unwrap_or(broadcast::DEFAULT_RATE_PER_S);
-    if broadcast_rate > broadcast::MAX_RATE_PER_S {
-        return Err(Failure::Input(format!(
-            "--broadcast-rate {broadcast_rate}: must be at most {} packets per second",
-            broadcast::MAX_RATE_PER_S
-        )));
-    }
-    let opts = MemberOptions {
-        code,
-        name,
-        interface,
-        listen_port: args.parsed("listen-port")?.unwrap_or(0),
-        mtu,
-        state_dir: state_dir(&args)?,
-        broadcast_rate,
-        broadcast_route: args.switch("broadcast-route"),
-        replace: args.switch("replace"),
-        relay: args.parsed("relay")?,
-    };
-    if args.switch("background") {
-        let mut member_argv = vec!["join".to_string()];
-        member_argv.extend(argv.iter().filter(|a| *a != "--background").cloned());
-        return daemon::background::start(&opts, &member_argv);
-    }
-    daemon::run(opts)
 }
 
 fn server(argv: &[String]) -> Result<(), Failure> {

@@ -364,6 +364,24 @@ impl ControlPlane for HttpControl {
         self.stun.clone()
     }
 
+    /// Asks for a join challenge: it exists only for a party the join secret opens.
+    fn party_exists(&mut self, party_id: &str) -> Result<bool, ControlError> {
+        let secret = self.join_secret.clone().unwrap_or_default();
+        let asked: Result<ChallengeReply, ControlError> = self.call(
+            "POST",
+            &format!("/v1/parties/{party_id}/challenge"),
+            Some(&ChallengeRequest {
+                join_secret: secret,
+            }),
+            CALL_TIMEOUT,
+        );
+        match asked {
+            Ok(_) => Ok(true),
+            Err(ControlError::UnknownParty(_) | ControlError::Denied(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn list_relays(&mut self) -> Result<Vec<RelayInfo>, ControlError> {
         self.relays()
     }

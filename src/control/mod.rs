@@ -163,6 +163,14 @@ pub trait ControlPlane: Send {
     fn stun_servers(&self) -> Vec<SocketAddr> {
         Vec::new()
     }
+    /// Whether the party exists (and, on a server, the join secret is right).
+    fn party_exists(&mut self, party_id: &str) -> Result<bool, ControlError> {
+        match self.roster(party_id) {
+            Ok(_) => Ok(true),
+            Err(ControlError::UnknownParty(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
     /// The relays the control plane lists (none for a registry file).
     fn list_relays(&mut self) -> Result<Vec<RelayInfo>, ControlError> {
         Ok(Vec::new())

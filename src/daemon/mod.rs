@@ -3,6 +3,7 @@
 
 pub mod background;
 pub mod control_loop;
+pub mod host;
 pub mod local_api;
 pub mod nat_thread;
 pub mod relay_choice;

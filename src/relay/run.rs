@@ -58,9 +58,52 @@ fn now() -> Now {
     }
 }
 
-/// Runs the relay until SIGINT/SIGTERM/SIGHUP.
+/// A relay running on a thread of its own (see [`start`]).
+pub struct RelayHandle {
+    stop: Arc<AtomicBool>,
+    report: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: std::thread::JoinHandle<Result<(), Failure>>,
+}
+
+impl RelayHandle {
+    /// Stops the relay and waits for it.
+    pub fn stop(self) -> Result<(), Failure> {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(Failure::System("the relay thread panicked".into())))
+    }
+}
+
+/// Runs the relay until SIGINT/SIGTERM/SIGHUP; SIGUSR1 logs its counters.
 pub fn run(opts: RelayOptions) -> Result<(), Failure> {
     signals::block_with(&[libc::SIGUSR1]).map_err(|e| Failure::System(format!("signals: {e}")))?;
+    let handle = start(opts)?;
+    let (stop, report, waker) = (
+        handle.stop.clone(),
+        handle.report.clone(),
+        handle.waker.clone(),
+    );
+    signals::spawn_waiter_with(&[libc::SIGUSR1], move |signal| {
+        if signal == libc::SIGUSR1 {
+            report.store(true, Ordering::SeqCst);
+        } else {
+            stop.store(true, Ordering::SeqCst);
+        }
+        let _ = waker.wake();
+    })
+    .map_err(|e| Failure::System(e.to_string()))?;
+    handle
+        .thread
+        .join()
+        .unwrap_or_else(|_| Err(Failure::System("the relay thread panicked".into())))
+}
+
+/// Binds the relay's socket (and STUN sockets), starts registering with the control server,
+/// and forwards on a thread of its own until [`RelayHandle::stop`].
+pub fn start(opts: RelayOptions) -> Result<RelayHandle, Failure> {
     let client = HttpControl::new(&opts.control, None, None)?;
     let std_socket = std::net::UdpSocket::bind(opts.listen)
         .map_err(|e| Failure::Network(format!("cannot listen on UDP {}: {e}", opts.listen)))?;
@@ -79,18 +122,6 @@ pub fn run(opts: RelayOptions) -> Result<(), Failure> {
         Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| Failure::System(e.to_string()))?);
     let stop = Arc::new(AtomicBool::new(false));
     let report = Arc::new(AtomicBool::new(false));
-    {
-        let (stop, report, waker) = (stop.clone(), report.clone(), waker.clone());
-        signals::spawn_waiter_with(&[libc::SIGUSR1], move |signal| {
-            if signal == libc::SIGUSR1 {
-                report.store(true, Ordering::SeqCst);
-            } else {
-                stop.store(true, Ordering::SeqCst);
-            }
-            let _ = waker.wake();
-        })
-        .map_err(|e| Failure::System(e.to_string()))?;
-    }
     let stun = if opts.stun.is_empty() {
         None
     } else {
@@ -121,16 +152,35 @@ pub fn run(opts: RelayOptions) -> Result<(), Failure> {
         opts.config.client_bytes_per_s
     );
     println!("relay listening on {local}");
-    let mut relay = Relay::new(opts.config, &opts.secret, now());
-    let result = serve(&mut poll, &mut socket, &mut relay, &stop, &report, &tx);
-    let _ = tx.send(Message::Shutdown);
-    let send_errors = result.map_err(|e| Failure::System(format!("relay loop: {e}")))?;
-    log_stats(&relay, send_errors);
-    if let Some(stun) = stun {
-        stun.stop();
-    }
-    log::info!("relay stopped");
-    Ok(())
+    let (stop_flag, report_flag) = (stop.clone(), report.clone());
+    let thread = std::thread::Builder::new()
+        .name("relay".into())
+        .spawn(move || {
+            let mut relay = Relay::new(opts.config, &opts.secret, now());
+            let result = serve(
+                &mut poll,
+                &mut socket,
+                &mut relay,
+                &stop_flag,
+                &report_flag,
+                &tx,
+            );
+            let _ = tx.send(Message::Shutdown);
+            let send_errors = result.map_err(|e| Failure::System(format!("relay loop: {e}")))?;
+            log_stats(&relay, send_errors);
+            if let Some(stun) = stun {
+                stun.stop();
+            }
+            log::info!("relay stopped");
+            Ok(())
+        })
+        .map_err(|e| Failure::System(e.to_string()))?;
+    Ok(RelayHandle {
+        stop,
+        report,
+        waker,
+        thread,
+    })
 }
 
 fn log_stats(relay: &Relay, send_errors: u64) {

@@ -64,9 +64,45 @@ pub struct ServerOptions {
     pub stun: Vec<SocketAddr>,
 }
 
+/// A control server running on a thread of its own (see [`start`]).
+pub struct ServerHandle {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<mio::Waker>,
+    thread: std::thread::JoinHandle<Result<(), Failure>>,
+    /// Where it listens.
+    pub local: SocketAddr,
+}
+
+impl ServerHandle {
+    /// Stops the server (after the current loop turn's writes) and waits for it.
+    pub fn stop(self) -> Result<(), Failure> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.waker.wake();
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(Failure::System("the control server thread panicked".into())))
+    }
+}
+
 /// Runs the server until SIGINT/SIGTERM.
 pub fn run(opts: ServerOptions) -> Result<(), Failure> {
     signals::block().map_err(|e| Failure::System(format!("signals: {e}")))?;
+    let handle = start(opts)?;
+    let (stop, waker) = (handle.stop.clone(), handle.waker.clone());
+    signals::spawn_waiter(move |_| {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = waker.wake();
+    })
+    .map_err(|e| Failure::System(e.to_string()))?;
+    handle
+        .thread
+        .join()
+        .unwrap_or_else(|_| Err(Failure::System("the control server thread panicked".into())))
+}
+
+/// Opens the store, binds the listener (and the STUN sockets) and runs the server on a
+/// thread of its own until [`ServerHandle::stop`]. Errors at start-up are returned here.
+pub fn start(opts: ServerOptions) -> Result<ServerHandle, Failure> {
     identity::ensure_private_dir(&opts.state_dir).map_err(|e| {
         Failure::System(format!("state directory {}: {e}", opts.state_dir.display()))
     })?;
@@ -80,7 +116,7 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
         .map_err(|e| Failure::Network(e.to_string()))?;
     // SAFETY: a listening socket; listen(2) again only raises its backlog.
     unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) };
-    // Runs until this function returns (dropping it stops the thread).
+    // Runs until the server stops (dropping it stops the thread).
     let stun = if opts.stun.is_empty() {
         None
     } else {
@@ -97,14 +133,6 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
     let waker = std::sync::Arc::new(
         mio::Waker::new(poll.registry(), Token(1)).map_err(|e| Failure::System(e.to_string()))?,
     );
-    {
-        let (stop, waker) = (stop.clone(), waker.clone());
-        signals::spawn_waiter(move |_| {
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = waker.wake();
-        })
-        .map_err(|e| Failure::System(e.to_string()))?;
-    }
     log::info!(
         "control server listening on {local}, public key {}",
         key.public
@@ -133,12 +161,24 @@ pub fn run(opts: ServerOptions) -> Result<(), Failure> {
         saved_at: Instant::now(),
         parked_seen: None,
     };
-    server
-        .run(&mut poll, &mut listener, &stop)
-        .map_err(|e| Failure::System(format!("server loop: {e}")))?;
-    drop(stun);
-    log::info!("control server stopped");
-    Ok(())
+    let stop_flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("server".into())
+        .spawn(move || {
+            server
+                .run(&mut poll, &mut listener, &stop_flag)
+                .map_err(|e| Failure::System(format!("server loop: {e}")))?;
+            drop(stun);
+            log::info!("control server stopped");
+            Ok(())
+        })
+        .map_err(|e| Failure::System(e.to_string()))?;
+    Ok(ServerHandle {
+        stop,
+        waker,
+        thread,
+        local,
+    })
 }
 
 struct Server {
