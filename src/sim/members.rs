@@ -210,7 +210,8 @@ impl MemberNode {
     /// `RelayGrant`).
     pub fn set_relays(&mut self, relays: &[SocketAddr], now: Instant) {
         self.relays.set(relays, now);
-        self.relays.handle_grant(self.desk.grant(self.key, now), now);
+        self.relays
+            .handle_grant(self.desk.grant(self.key, now), now);
         self.pump_relays(now);
     }
 
