@@ -56,9 +56,9 @@ fn a_host_and_two_joins_form_a_party_with_no_other_process() {
     }
     let ips: Vec<Ipv4Addr> = (0..3).map(|i| vip(&lab, i)).collect();
     for from in 0..3 {
-        for to in 0..3 {
+        for (to, ip) in ips.iter().enumerate() {
             if from != to {
-                lab.wait_ping(from, ips[to], SETTLE);
+                lab.wait_ping(from, *ip, SETTLE);
             }
         }
     }

@@ -181,23 +181,42 @@ impl Peer {
         }
     }
 
-    /// Notes an authenticated datagram from `source` at `now`.
-    pub fn handle_authenticated(&mut self, source: Source, now: Instant) {
+    /// Notes an authenticated datagram from `source` at `now`. True when it brought the
+    /// direct path up: the caller then answers straight away (see [`Peer::answer_punch`]).
+    pub fn handle_authenticated(&mut self, source: Source, now: Instant) -> bool {
         match source {
             Source::Direct(src) => {
                 if self.direct != Some(src) {
                     log::debug!("peer {} is at {src}", self.config.name);
                     self.direct = Some(src);
                 }
-                if !self.direct_is_fresh(now) {
+                let came_up = !self.direct_is_fresh(now);
+                if came_up {
                     log::info!("peer {}: direct path up", self.config.name);
                 }
                 self.direct_rx_at = Some(now);
                 if self.time_to_direct.is_none() {
                     self.time_to_direct = Some(now.saturating_duration_since(self.added_at));
                 }
+                came_up
             }
-            Source::Relayed { .. } => self.relayed_rx_at = Some(now),
+            Source::Relayed { .. } => {
+                self.relayed_rx_at = Some(now);
+                false
+            }
+        }
+    }
+
+    /// Answers the packet that brought the direct path up with an authenticated keepalive
+    /// to where it came from. Punches (keepalives) get no answer from WireGuard, and once
+    /// our direct path is fresh we stop punching, so without this the peer would keep using
+    /// the relay until we happen to send it something straight (up to a persistent
+    /// keepalive later when we have no traffic for it).
+    pub fn answer_punch(&mut self, src: SocketAddr, buf: &mut [u8], io: &mut impl Io) {
+        if let boringtun::noise::TunnResult::WriteToNetwork(keepalive) =
+            self.tunn.encapsulate(&[], buf)
+        {
+            io.send_to(keepalive, src);
         }
     }
 

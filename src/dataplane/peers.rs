@@ -387,9 +387,10 @@ impl PeerTable {
             TunnResult::WriteToTunnelV6(..) => self.drops.bad_source += 1,
             // A keepalive decapsulates to `Done`: authenticated transport data all the same.
             // (Handshake responses are followed by our keepalive and need no special case.)
+            // A punch that opens the direct path is answered, so both sides move to it.
             TunnResult::Done => {
-                if datagram.first() == Some(&4) {
-                    peer.handle_authenticated(source, now);
+                if datagram.first() == Some(&4) && peer.handle_authenticated(source, now) {
+                    peer.answer_punch(source.addr(), buf, io);
                 }
             }
             TunnResult::Err(e) => {

@@ -9,6 +9,9 @@
 //! and reaches the internet through its NAT's public IP. Hairpinning and NATs behind NATs are
 //! not modelled.
 
+#[cfg(test)]
+mod member_scenarios;
+pub mod members;
 pub mod nat_box;
 #[cfg(test)]
 mod scenarios;

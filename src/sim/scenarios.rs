@@ -16,7 +16,7 @@ use crate::nat::compat::{direct_possible, Prediction};
 use crate::nat::NatType;
 
 /// The server's STUN sockets: two IPs, two ports each (`server --stun` four times).
-fn stun_addrs() -> Vec<SocketAddr> {
+pub(super) fn stun_addrs() -> Vec<SocketAddr> {
     [
         "198.51.100.1:3478",
         "198.51.100.1:3479",
@@ -29,14 +29,14 @@ fn stun_addrs() -> Vec<SocketAddr> {
 
 /// The classifier on a host's socket, as the NAT thread will drive it through the data
 /// plane's socket.
-struct Classify {
+pub(super) struct Classify {
     local: SocketAddr,
-    classifier: Classifier,
+    pub(super) classifier: Classifier,
     done_at: Option<Instant>,
 }
 
 impl Classify {
-    fn new(local: SocketAddr, now: Instant) -> Classify {
+    pub(super) fn new(local: SocketAddr, now: Instant) -> Classify {
         let seed = [local.port() as u8; 12];
         Classify {
             local,
@@ -81,7 +81,7 @@ impl Node for Classify {
 
 /// Where a member sits.
 #[derive(Debug, Clone, Copy)]
-enum Place {
+pub(super) enum Place {
     /// On the internet with this address.
     Public(&'static str),
     /// Behind a NAT with this public IP, at a private address.
@@ -89,14 +89,14 @@ enum Place {
 }
 
 /// A world with the STUN server; returns it, the server's host and its node.
-fn world() -> (Sim, HostId, StunHost) {
+pub(super) fn world() -> (Sim, HostId, StunHost) {
     let mut sim = Sim::default();
     let server = sim.add_public_host(&["198.51.100.1", "198.51.100.2"]);
     (sim, server, StunHost::new(&stun_addrs()))
 }
 
 /// Puts a member at `place`; returns its host and its socket's local address (port 5000).
-fn member(sim: &mut Sim, place: Place) -> (HostId, SocketAddr) {
+pub(super) fn member(sim: &mut Sim, place: Place) -> (HostId, SocketAddr) {
     let (host, ip) = match place {
         Place::Public(ip) => (sim.add_public_host(&[ip]), ip),
         Place::Behind(model, public, private) => {
@@ -303,7 +303,7 @@ impl Node for Puncher {
     }
 }
 
-fn place_of(nat_type: NatType, side: u8) -> Place {
+pub(super) fn place_of(nat_type: NatType, side: u8) -> Place {
     let (public, private) = match side {
         0 => ("203.0.113.1", "10.0.1.2"),
         _ => ("203.0.113.2", "10.0.2.2"),
