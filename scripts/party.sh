@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a real party on this machine: a small LAN of network namespaces (one bridge, N member
-# hosts), one file-backed control plane, and a lanparty-lite member in each namespace with its
-# own tun interface and WireGuard tunnels to the others. Shows status and pings every pair,
+# hosts); player1 runs `lanparty-lite host` (the embedded control server, STUN and relay, and
+# its own member), the others `join` with the code it prints; each has its own tun interface
+# and WireGuard tunnels to the others. Pings every pair, shows LAN lobby discovery and status,
 # then keeps the party up until Ctrl-C (or for PARTY_SECONDS seconds). Cleans up on exit.
 #
 # Usage (as root): bash scripts/party.sh [MEMBERS]      (default 3, at most 20)
@@ -51,9 +52,21 @@ for i in $(seq 1 "$members"); do
     ip -n "$ns" link set lo up
 done
 
-code=$("$bin" create "game-night" --control "file:$work/registry.json" | tail -n 1)
+# player1 hosts: control server, STUN, relay and its own member in one process (`host`), with
+# nothing else running; the others join with the code it prints.
+ip netns exec "$tag-m1" "$bin" host "game-night" --listen 192.168.88.1:7777 --name player1 \
+    --state-dir "$work/player1" --broadcast-route >"$work/player1.log" 2>&1 &
+pids+=("$!")
+code=
+for _ in $(seq 1 100); do
+    code=$(sed -n 's/^join code: //p' "$work/player1.log" 2>/dev/null | head -n 1)
+    [ -n "$code" ] && break
+    kill -0 "${pids[0]}" 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$code" ] || { echo "the host did not start; log:"; cat "$work/player1.log"; exit 1; }
 echo "join code: $code"
-for i in $(seq 1 "$members"); do
+for i in $(seq 2 "$members"); do
     ip netns exec "$tag-m$i" "$bin" join "$code" --name "player$i" --state-dir "$work/player$i" \
         --broadcast-route >"$work/player$i.log" 2>&1 &
     pids+=("$!")

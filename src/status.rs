@@ -163,6 +163,28 @@ pub fn render_table(status: &Status) -> String {
         status.self_.listen_port
     );
     let _ = writeln!(out, "key     {}", status.self_.public_key);
+    let me = &status.self_;
+    let relays: Vec<String> = me
+        .relays
+        .iter()
+        .map(|r| match (r.bound, r.rtt_ms) {
+            (true, Some(ms)) => format!("{} {ms:.1}ms", r.address),
+            (true, None) => format!("{} bound", r.address),
+            (false, _) => format!("{} binding", r.address),
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "nat     {}, public {}; home relay {}; relays: {}",
+        me.nat_type,
+        or_dash(&me.public_endpoint),
+        or_dash(&me.relay),
+        if relays.is_empty() {
+            "-".into()
+        } else {
+            relays.join(", ")
+        }
+    );
     let b = &status.self_.broadcast;
     let _ = writeln!(
         out,
@@ -270,8 +292,12 @@ mod tests {
                 },
                 nat_type: "full_cone".into(),
                 public_endpoint: Some("203.0.113.1:40000".into()),
-                relay: None,
-                relays: vec![],
+                relay: Some("203.0.113.3:3479".into()),
+                relays: vec![RelayStatus {
+                    address: "203.0.113.3:3479".into(),
+                    bound: true,
+                    rtt_ms: Some(1.25),
+                }],
             },
             peers: vec![PeerStatus {
                 id: "2233".into(),
@@ -328,6 +354,11 @@ mod tests {
         assert!(row.contains("10.66.0.2") && row.contains("connected") && row.contains("direct"));
         assert!(row.contains("2.0KiB/10B"), "{row}");
         assert!(row.ends_with("7/4"), "broadcast received/sent: {row}");
+        let nat = table.lines().find(|l| l.starts_with("nat")).unwrap();
+        assert_eq!(
+            nat,
+            "nat     full_cone, public 203.0.113.1:40000; home relay 203.0.113.3:3479; relays: 203.0.113.3:3479 1.2ms"
+        );
         let lan = table.lines().find(|l| l.starts_with("lan")).unwrap();
         assert_eq!(
             lan,

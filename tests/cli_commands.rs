@@ -161,7 +161,9 @@ fn create_on_a_corrupt_registry_is_refused_and_the_file_kept() {
 
 #[test]
 fn every_command_has_help_and_unknown_ones_are_usage_errors() {
-    for cmd in ["create", "join", "status", "leave", "keygen", "pubkey"] {
+    for cmd in [
+        "server", "relay", "host", "create", "join", "status", "leave", "keygen", "pubkey",
+    ] {
         let out = run(&[cmd, "--help"]);
         assert!(out.status.success(), "{cmd} --help");
         assert!(
