@@ -41,27 +41,59 @@ pub struct HttpControl {
 }
 
 /// Environment variable naming a PEM file of root certificates to trust for `https://`
-/// servers instead of the built-in web roots (for a server with a private CA).
+/// servers instead of the system's (for a server with a private CA).
 pub const CA_FILE_ENV: &str = "LANPARTY_CA_FILE";
 
-fn agent() -> Result<ureq::Agent, ControlError> {
+/// Where Linux systems keep their trusted roots as one PEM bundle (Debian, Ubuntu, Alpine,
+/// OpenWrt's ca-bundle; Fedora, RHEL; openSUSE). The binary carries no roots of its own: that
+/// keeps it small, and the system's bundle is the one its owner keeps up to date.
+#[cfg(feature = "tls")]
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+fn agent(https: bool) -> Result<ureq::Agent, ControlError> {
     let builder = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(CALL_TIMEOUT))
         .timeout_global(Some(LONG_POLL_TIMEOUT));
     #[cfg(feature = "tls")]
-    let builder = match std::env::var_os(CA_FILE_ENV) {
-        Some(path) => builder.tls_config(private_roots(std::path::Path::new(&path))?),
-        None => builder,
+    let builder = if https {
+        builder.tls_config(trusted_roots()?)
+    } else {
+        builder
     };
+    #[cfg(not(feature = "tls"))]
+    let _ = https;
     Ok(builder.build().into())
 }
 
+/// `LANPARTY_CA_FILE`, else the system's bundle.
 #[cfg(feature = "tls")]
-fn private_roots(path: &std::path::Path) -> Result<ureq::tls::TlsConfig, ControlError> {
+fn trusted_roots() -> Result<ureq::tls::TlsConfig, ControlError> {
+    if let Some(path) = std::env::var_os(CA_FILE_ENV) {
+        return roots_from(std::path::Path::new(&path), CA_FILE_ENV);
+    }
+    SYSTEM_CA_BUNDLES
+        .iter()
+        .map(std::path::Path::new)
+        .find(|p| p.exists())
+        .map(|p| roots_from(p, "system CA bundle"))
+        .unwrap_or_else(|| {
+            Err(ControlError::Invalid(format!(
+                "https needs trusted root certificates: install ca-certificates (or ca-bundle), \
+                 or name a PEM file with {CA_FILE_ENV}"
+            )))
+        })
+}
+
+#[cfg(feature = "tls")]
+fn roots_from(path: &std::path::Path, what: &str) -> Result<ureq::tls::TlsConfig, ControlError> {
     use ureq::tls::{PemItem, RootCerts, TlsConfig};
-    let invalid =
-        |why: String| ControlError::Invalid(format!("{CA_FILE_ENV}={}: {why}", path.display()));
+    let invalid = |why: String| ControlError::Invalid(format!("{what} {}: {why}", path.display()));
     let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
     let certs: Vec<_> = ureq::tls::parse_pem(&pem)
         .filter_map(|item| match item {
@@ -90,7 +122,7 @@ impl HttpControl {
             join_secret,
             identity,
             token: Arc::new(Mutex::new(None)),
-            agent: agent()?,
+            agent: agent(base.starts_with("https://"))?,
             stun: Vec::new(),
         })
     }
