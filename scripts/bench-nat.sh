@@ -440,16 +440,18 @@ report() {
 		echo
 		echo "1. Per NAT pair: seconds from \`join\` (A and B started together) until A's status is up,"
 		echo "   lists B, the first ping reply A→B (ping every 0.1 s), and A's status shows the peer"
-		echo "   relayed / direct (status polled every ~0.1 s). Timeout ${TIMEOUT} s."
+		echo "   relayed / direct (status polled every ~0.1 s). Timeout ${TIMEOUT} s. (!) = not the"
+		echo "   expected path. NAT seen = self.nat_type of A and B when the pair ended (unknown: their"
+		echo "   classification, a few seconds, had not finished yet)."
 		echo
-		printf '%-43s %-7s %-8s %6s %6s %8s %8s %7s  %s\n' "pair (A ↔ B)" "expect" "path" "up" "peer" "1st ping" "relayed" "direct" "NAT seen (A/B), notes"
+		printf '%-45s %-7s %-8s %6s %6s %8s %8s %7s  %s\n' "pair (A ↔ B)" "expect" "path" "up" "peer" "1st ping" "relayed" "direct" "NAT seen (A/B), notes"
 		jq -r '.[] | [.a, .b, .expected_path, .path_seen_by_a, (.seconds_from_join | .status_up, .peer_listed,
 			.first_ping_reply, .relayed, .direct), .nat_type_reported.a, .nat_type_reported.b, .note,
 			.host_busy_pct_before] | map(. // "null" | tostring) | join("\u001f")' "$pairs_json" |
 			while IFS=$'\x1f' read -r a b expect path up peer ping rel dir na nb note busy; do
 				local mark=""
 				[[ $path != "$expect" ]] && mark=" (!)"
-				printf '%-43s %-7s %-8s %6s %6s %8s %8s %7s  %s/%s%s\n' "$a ↔ $b" "$expect" "$path$mark" \
+				printf '%-45s %-7s %-8s %6s %6s %8s %8s %7s  %s/%s%s\n' "$a ↔ $b" "$expect" "$path$mark" \
 					"$(fmt 0 2 "$up")" "$(fmt 0 2 "$peer")" "$(fmt 0 2 "$ping")" "$(fmt 0 2 "$rel")" \
 					"$(fmt 0 2 "$dir")" "$na" "$nb" "${note:+; $note}$( awk -v b="$busy" 'BEGIN { if (b > 50) printf "; host %s%% busy before", b }')"
 			done
