@@ -181,6 +181,22 @@ start_relay() {
 	wait_log "relay-$1" "relay listening" 10 "$RELAY_PID" || die "relay did not start: $(log_tail "relay-$1")"
 }
 
+# relay_stats : asks the relay for its counters (SIGUSR1) and prints "PACKETS BYTES RATE_LIMITED"
+# from the line it logs (null null null if none came).
+relay_stats() {
+	local logf=$WORK/relay-$RELAY_MODE.log before after i
+	before=$(grep -c "relay stats:" "$logf" 2>/dev/null || true)
+	kill -USR1 "$RELAY_PID" 2>/dev/null || true
+	for ((i = 0; i < 20; i++)); do
+		after=$(grep -c "relay stats:" "$logf" 2>/dev/null || true)
+		((after > before)) && break
+		sleep 0.1
+	done
+	grep "relay stats:" "$logf" 2>/dev/null | tail -n 1 |
+		sed -nE 's/.*forwarded ([0-9]+) packets \/ ([0-9]+) bytes.* ([0-9]+) rate limited.*/\1 \2 \3/p' |
+		grep . || echo null null null
+}
+
 # new_party NAME : creates a party on the control server, prints its join code.
 new_party() {
 	local code
@@ -389,12 +405,18 @@ lanparty_path() {
 	log "$name: first ping after $T_PING s, $want after $t_path s"
 	local relay seen
 	relay=$(lp_status "$DIR_A" | jq -c '.peers[0].relay // null') || relay=null
+	local p0 b0 l0 p1 b1 l1
+	read -r p0 b0 l0 < <(relay_stats)
 	measure_path "$name" "$X_NS" "$Y_NS" "$PEER_VIP" >"$WORK/path-$name.raw"
+	read -r p1 b1 l1 < <(relay_stats)
 	seen=$(lp_status "$DIR_A" | jq -r '.peers[0].connection_type') || seen=unknown
 	[[ $seen == "$want" ]] || warn "$name: the path was $seen at the end of the measurement"
 	jq --arg want "$want" --argjson ping "$T_PING" --argjson path "$t_path" \
 		--arg seen "$seen" --argjson relay "$relay" --arg relay_mode "$RELAY_MODE" \
+		--argjson rp "$(calc 'b - a' a="$p0" b="$p1")" --argjson rb "$(calc 'b - a' a="$b0" b="$b1")" \
+		--argjson rl "$(calc 'b - a' a="$l0" b="$l1")" \
 		'. + {path: $want, path_at_end: $seen, relay: $relay, relay_limits: $relay_mode,
+		      relay_during_measurement: {forwarded_packets: $rp, forwarded_bytes: $rb, rate_limited: $rl},
 		      seconds_from_join: {first_ping_reply: $ping, path: $path}}' \
 		"$WORK/path-$name.raw" >"$WORK/path-$name.json"
 	stop_pair
@@ -487,16 +509,19 @@ report() {
 		echo "   members each: iperf3 TCP ${SECONDS_RUN} s (median of ${RUNS}), ${PINGS} idle pings at 0.1 s."
 		echo "   relayed: direct UDP between the hosts dropped, relay with its default per-member limits;"
 		echo "   relayed-unlimited: the same with the relay's limits raised (${RELAY_UNLIMITED[*]})."
+		echo "   relay fwd / drops: what the relay forwarded and dropped as rate limited meanwhile (SIGUSR1)."
 		echo
-		printf '%-18s %10s %9s %10s %10s %11s %11s\n' "path" "Mbit/s" "idle RTT" "+RTT vs" "+RTT vs" "Mbit/s" "Mbit/s"
-		printf '%-18s %10s %9s %10s %10s %11s %11s\n' "" "" "ms" "underlay" "direct" "/ underlay" "/ direct"
+		printf '%-18s %10s %9s %10s %10s %11s %11s %10s %9s\n' "path" "Mbit/s" "idle RTT" "+RTT vs" "+RTT vs" "Mbit/s" "Mbit/s" "relay fwd" "relay"
+		printf '%-18s %10s %9s %10s %10s %11s %11s %10s %9s\n' "" "" "ms" "underlay" "direct" "/ underlay" "/ direct" "MB" "drops"
 		local p m r
 		for p in underlay direct relayed relayed-unlimited; do
 			m=$(get ".paths.\"$p\".throughput_mbps") r=$(get ".paths.\"$p\".idle_rtt_ms")
 			[[ $(get ".paths.\"$p\".name") == null ]] && continue
-			printf '%-18s %10s %9s %10s %10s %11s %11s\n' "$p" "$(fmt 0 1 "$m")" "$(fmt 0 3 "$r")" \
+			printf '%-18s %10s %9s %10s %10s %11s %11s %10s %9s\n' "$p" "$(fmt 0 1 "$m")" "$(fmt 0 3 "$r")" \
 				"$(fmt 0 3 "$(calc 'a - b' a="$r" b="$u_rtt")")" "$(fmt 0 3 "$(calc 'a - b' a="$r" b="$d_rtt")")" \
-				"$(fmt 0 3 "$(calc 'a / b' a="$m" b="$u_mbps")")" "$(fmt 0 3 "$(calc 'a / b' a="$m" b="$d_mbps")")"
+				"$(fmt 0 3 "$(calc 'a / b' a="$m" b="$u_mbps")")" "$(fmt 0 3 "$(calc 'a / b' a="$m" b="$d_mbps")")" \
+				"$(fmt 0 1 "$(calc 'x / 1e6' x="$(get ".paths.\"$p\".relay_during_measurement.forwarded_bytes")")")" \
+				"$(fmt 0 0 "$(get ".paths.\"$p\".relay_during_measurement.rate_limited")")"
 		done
 	fi
 
