@@ -230,3 +230,55 @@ fmt() {
 		printf "%${1}.${2}f" "$3"
 	fi
 }
+
+# ---------------------------------------------------------------------------------------------
+# More helpers (added for scripts/bench-nat.sh; general enough for the other benchmarks)
+# ---------------------------------------------------------------------------------------------
+
+# wait_log LOGNAME PATTERN TIMEOUT_S [PID] : waits until $WORK/LOGNAME.log has a line matching
+# the extended regex PATTERN; fails early if PID (the writer) exits.
+wait_log() {
+	local file=$WORK/$1.log pattern=$2 timeout=$3 pid=${4:-} start=$SECONDS
+	while ((SECONDS - start < timeout)); do
+		grep -Eq -- "$pattern" "$file" 2>/dev/null && return 0
+		[[ -n $pid ]] && ! alive "$pid" && return 1
+		sleep 0.1
+	done
+	return 1
+}
+
+# elapsed_s T0 T1 : T1 - T0 in seconds (3 decimals); null if either is empty or null.
+elapsed_s() {
+	[[ -n $1 && $1 != null && -n $2 && $2 != null ]] || {
+		echo null
+		return
+	}
+	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'
+}
+
+# first_ping_reply LOGFILE : the timestamp of the first reply in the output of `ping -D`, or
+# nothing.
+first_ping_reply() {
+	sed -n 's/^\[\([0-9.]*\)\] [0-9]* bytes from .*/\1/p' "$1" 2>/dev/null | head -n 1
+}
+
+# iperf3_tcp CLIENT_NS SERVER_NS TARGET SECONDS LOGNAME : one iperf3 TCP run from CLIENT_NS to
+# TARGET (a server started in SERVER_NS on port 5201 for this run); prints "MBIT_S RETRANSMITS"
+# (null null when it failed). Both processes are tracked.
+iperf3_tcp() {
+	local cns=$1 sns=$2 target=$3 secs=$4 logname=$5 server out
+	spawn "$sns" "$logname-server" iperf3 -s -1 -p 5201
+	server=$SPAWNED_PID
+	if ! wait_tcp_listen "$sns" 5201 10; then
+		stop_pid "$server"
+		echo null null
+		return
+	fi
+	spawn "$cns" "$logname" iperf3 -c "$target" -p 5201 -t "$secs" -J
+	wait "$SPAWNED_PID" || true
+	stop_pid "$server"
+	out=$WORK/$logname.log
+	jq -r '[(.end.sum_received.bits_per_second // null | if . then . / 1e6 else null end),
+		(.end.sum_sent.retransmits // null)] | map(tostring) | join(" ")' "$out" 2>/dev/null ||
+		echo null null
+}
