@@ -19,8 +19,8 @@ counters (they are also logged every 60 s while they change).
   --control URL             http(s)://HOST:PORT of the control server to register with
   --region NAME             region label members see (1-32 of [A-Za-z0-9_-], default: default)
   --max-clients N           most members bound at once (default 512)
-  --client-pps N            datagrams per second per member, bursts of as many (default 2000)
-  --client-bytes-per-s N    bytes per second per member, bursts of as many (default 1000000, >= 1500)
+  --client-pps N            datagrams per second per member, bursts of as many (default 10000)
+  --client-bytes-per-s N    bytes per second per member, bursts of as many (default 12500000 = 100 Mbit/s, >= 1500)
   --advertise ADDR:PORT     address members reach this relay at (default: --listen; needed
                             when --listen is 0.0.0.0)
   --stun IP:PORT            also answer STUN (UDP) here, like `server --stun` (repeatable)";

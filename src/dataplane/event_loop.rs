@@ -110,7 +110,7 @@ impl State {
     }
 
     /// Sends what the relay clients want sent and passes their news on.
-    fn pump_relays(&mut self, now: Instant) {
+    fn pump_relays(&mut self, tun: &tun::Device, now: Instant) {
         if self.relays.poll_timeout().is_some_and(|t| t <= now) {
             self.relays.handle_timeout(now);
         }
@@ -128,7 +128,8 @@ impl State {
                         .filter(|s| s.bound)
                         .map(|s| s.relay)
                         .collect();
-                    self.table.set_bound_relays(bound);
+                    let (table, _, mut io) = self.io(tun);
+                    table.set_bound_relays(bound, now, &mut io);
                     DataplaneEvent::Relay(state)
                 }
             };
@@ -202,7 +203,7 @@ pub fn run(
             next_tick = next_timer_run(now, active);
             active = false;
         }
-        state.pump_relays(now);
+        state.pump_relays(&tun, now);
         state.batch.flush(udp_fd);
         let wake_at = state
             .relays

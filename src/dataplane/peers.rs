@@ -207,8 +207,14 @@ impl PeerTable {
                         self.by_ip.remove(&peer.config.virtual_ip);
                         self.by_ip.insert(config.virtual_ip, self.by_key[&key]);
                     }
+                    let reachable_anew = config.endpoints != peer.config.endpoints
+                        || config.public_endpoint != peer.config.public_endpoint
+                        || config.relay != peer.config.relay;
                     peer.relay_bound = config.relay.is_some_and(|r| self.bound.contains(&r));
                     peer.config = config;
+                    if reachable_anew {
+                        retry_handshake(peer, &mut self.buf, now, io);
+                    }
                 }
                 None => self.add(config, now, io),
             }
@@ -401,9 +407,14 @@ impl PeerTable {
     }
 
     /// Notes which relays we are bound at; peers that meet us there may use them.
-    pub fn set_bound_relays(&mut self, bound: Vec<SocketAddr>) {
+    /// A peer newly reachable through a relay gets a handshake through it at once.
+    pub fn set_bound_relays(&mut self, bound: Vec<SocketAddr>, now: Instant, io: &mut impl Io) {
         for peer in self.peers.values_mut() {
+            let was = peer.relay_bound;
             peer.relay_bound = peer.config.relay.is_some_and(|r| bound.contains(&r));
+            if peer.relay_bound && !was {
+                retry_handshake(peer, &mut self.buf, now, io);
+            }
         }
         self.bound = bound;
     }
@@ -471,6 +482,22 @@ impl PeerTable {
             .collect();
         out.sort_by_key(|s| s.config.virtual_ip);
         out
+    }
+}
+
+/// A peer without a session whose candidates or relay just changed gets a new handshake
+/// initiation now, sent everywhere it may be, instead of at WireGuard's next retry (5 s): the
+/// first one may have gone out before its public endpoint or our meeting relay was known.
+fn retry_handshake(peer: &mut Peer, buf: &mut [u8], now: Instant, io: &mut impl Io) {
+    let session_up = peer
+        .tunn
+        .time_since_last_handshake()
+        .is_some_and(|d| d < SESSION_LIFETIME);
+    if session_up {
+        return;
+    }
+    if let TunnResult::WriteToNetwork(out) = peer.tunn.format_handshake_initiation(buf, true) {
+        peer.transmit(out, now, io);
     }
 }
 

@@ -47,8 +47,8 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_clients: 512,
-            client_pps: 2_000,
-            client_bytes_per_s: 1_000_000,
+            client_pps: 10_000,
+            client_bytes_per_s: 12_500_000,
         }
     }
 }

@@ -288,7 +288,7 @@ impl MemberNode {
                         .filter(|s| s.bound)
                         .map(|s| s.relay)
                         .collect();
-                    self.table.set_bound_relays(bound);
+                    self.table.set_bound_relays(bound, now, &mut self.io);
                 }
             }
         }
