@@ -7,15 +7,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine;
 use ipnet::Ipv4Net;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use x25519_dalek::StaticSecret;
 
 use super::rate::RateLimiter;
-use super::relays::{RelayError, Relays};
+use super::relays::Relays;
 use super::tokens::{TokenKey, REFRESH_WHEN_LEFT_S};
 use crate::control::http_api::*;
 use crate::control::registry::{self, JoinRequest, NewParty, Registry};
@@ -130,7 +128,7 @@ pub struct Api {
     pub stun: Vec<SocketAddr>,
 }
 
-fn json<T: Serialize>(status: u16, value: &T) -> Outcome {
+pub(super) fn json<T: Serialize>(status: u16, value: &T) -> Outcome {
     Outcome::Reply(status, serde_json::to_vec(value).unwrap_or_default())
 }
 
@@ -216,16 +214,7 @@ impl Api {
                 200,
                 &serde_json::json!({ "relays": self.relays.list(now) }),
             )),
-            (Method::Post, ["v1", "relays"]) => {
-                self.relays.register(parse_body(req)?, now).map_err(|e| match e {
-                    RelayError::Disabled => ApiError::Forbidden("relay registration is disabled on this server (no --relay-secret-file)".into()),
-                    RelayError::BadMac => ApiError::Forbidden("relay registration is not signed with this server's relay secret".into()),
-                    RelayError::Stale => ApiError::Forbidden("relay registration timestamp is more than 60 s off; check the relay's clock".into()),
-                    RelayError::Invalid => ApiError::BadRequest("relay address, region (1-32 of [A-Za-z0-9_-]) or capacity is invalid".into()),
-                    RelayError::Full => ApiError::Full("this server lists its maximum of relays".into()),
-                })?;
-                Ok(Outcome::Reply(200, b"{\"ok\":true}".to_vec()))
-            }
+            (Method::Post, ["v1", "relays"]) => self.register_relay(parse_body(req)?, now),
             (Method::Post, ["v1", "parties"]) => self.create_party(parse_body(req)?, now),
             (Method::Post, ["v1", "parties", party, "relay-ticket"]) => {
                 self.relay_ticket(req, party, now)
@@ -476,7 +465,7 @@ impl Api {
         self.verified(req, party_id, now).map(|(member, _)| member)
     }
 
-    fn verified(
+    pub(super) fn verified(
         &self,
         req: &Request,
         party_id: &str,
@@ -512,33 +501,6 @@ impl Api {
                 })
             })?;
         Ok((claims.member_id, member.public_key.clone()))
-    }
-
-    /// A relay ticket for the member whose token this is.
-    fn relay_ticket(&self, req: &Request, party_id: &str, now: u64) -> Result<Outcome, ApiError> {
-        let (member_id, public_key) = self.verified(req, party_id, now)?;
-        let (issued, expires_at) = self
-            .relays
-            .issue_ticket(party_id, &member_id, &public_key, now)
-            .map_err(|e| match e {
-                RelayError::Disabled => ApiError::Forbidden(
-                    "this server issues no relay tickets (started without --relay-secret-file)"
-                        .into(),
-                ),
-                _ => ApiError::Unavailable(
-                    "cannot issue a relay ticket for this member record".into(),
-                ),
-            })?;
-        Ok(json(
-            200,
-            &RelayTicketReply {
-                ticket: URL_SAFE_NO_PAD.encode(&issued.ticket),
-                bind_key: STANDARD.encode(issued.bind_key),
-                expires_at,
-                time: now,
-                member_id,
-            },
-        ))
     }
 
     fn token_remaining(&self, req: &Request, now: u64) -> u64 {

@@ -4,6 +4,7 @@
 //! party's version moves or after [`LONG_POLL`].
 
 pub mod api;
+mod api_relays;
 #[cfg(test)]
 mod api_tests;
 pub mod conn;
