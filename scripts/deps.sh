@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system tools the lab tests and benchmarks use, only when missing.
+# Installs what the build, the lab tests and the benchmarks need, only when missing: system tools
+# and musl-gcc (Debian packages) and the Rust target of the default build (.cargo/config.toml).
 # Usage: bash scripts/deps.sh
 set -euo pipefail
 
@@ -16,10 +17,19 @@ have conntrack || need+=(conntrack)
 have iperf3 || need+=(iperf3)
 have socat || need+=(socat)
 have openssl || need+=(openssl)
+# The default build target (.cargo/config.toml) is static musl: musl-gcc compiles ring's C code.
+have musl-gcc || need+=(musl-tools)
 
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || true
     apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The standard library of that target.
+triple=x86_64-unknown-linux-musl
+if have rustup && ! rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
+    echo "installing the Rust target $triple"
+    rustup target add "$triple" >/dev/null
 fi

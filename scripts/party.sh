@@ -17,7 +17,8 @@ members=${1:-3}
 [ "$(id -u)" -eq 0 ] || { echo "$0: needs root (network namespaces, tun); run as root" >&2; exit 1; }
 bash scripts/deps.sh
 cargo build --release --locked -q
-bin=$PWD/target/release/lanparty-lite
+# The default target is static musl (.cargo/config.toml).
+bin=$PWD/target/x86_64-unknown-linux-musl/release/lanparty-lite
 
 tag="lpp$$"
 work=$(mktemp -d "/tmp/lanparty-party.XXXXXX")
