@@ -25,7 +25,7 @@
 #   BENCH_JSON             output (default bench-results/bench-control.json in the repository)
 #   BENCH_WAIT_IDLE        wait up to this many seconds for other load on the machine to drop
 #                          below BENCH_IDLE_PCT % busy (defaults 120 and 15); recorded either way
-#   BENCH_SKIP_BUILD=1     use the existing target/release binaries
+#   BENCH_SKIP_BUILD=1     use the existing release binaries
 #   BENCH_KEEP=1           keep the work directory (server log, state, samples)
 # Exit status: 0 all requests succeeded; 1 some requests failed (see "errors"); 2 the server
 # died or the generator could not run; other: setup error.
@@ -52,6 +52,7 @@ JSON_OUT=${BENCH_JSON:-$ROOT/bench-results/bench-control.json}
 WAIT_IDLE=${BENCH_WAIT_IDLE:-120}
 IDLE_PCT=${BENCH_IDLE_PCT:-15}
 
+# The default target is static musl (.cargo/config.toml).
 LP_BIN=$ROOT/target/release/lanparty-lite
 GEN_BIN=$ROOT/target/release/examples/control_load
 

@@ -14,8 +14,9 @@ rows=()
 printf '%-6s %12s %12s %10s %10s %8s\n' "level" "size bytes" "Mbit/s" "idle RTT" "load RTT" "RSS MiB"
 for level in s z 3; do
     dir=target/opt-$level
-    CARGO_PROFILE_RELEASE_OPT_LEVEL=$level cargo build --release --locked --quiet --target-dir "$dir"
-    bin=$dir/release/lanparty-lite
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=$level cargo build --release --locked --quiet --target-dir "$dir" \
+        --target x86_64-unknown-linux-musl
+    bin=$dir/x86_64-unknown-linux-musl/release/lanparty-lite # the static build we ship
     size=$(stat -c %s "$bin")
     json=$(mktemp)
     LANPARTY_BIN=$PWD/$bin BENCH_ONLY=lanparty-lite BENCH_JSON=$json bash scripts/bench.sh >/dev/null

@@ -18,6 +18,7 @@ members=${1:-3}
 [ "$(id -u)" -eq 0 ] || { echo "$0: needs root (network namespaces, tun); run as root" >&2; exit 1; }
 bash scripts/deps.sh
 cargo build --release --locked -q
+# The default target is static musl (.cargo/config.toml).
 bin=$PWD/target/release/lanparty-lite
 
 tag="lpp$$"

@@ -157,19 +157,21 @@ wait_ping() {
 	return 1
 }
 
-# ping_stats NS TARGET COUNT : COUNT pings at 0.1 s; prints "AVG_MS LOSS_PCT" (AVG null if
-# nothing came back).
+# ping_stats NS TARGET COUNT : COUNT pings at 0.1 s; prints "AVG_MS LOSS_PCT MEDIAN_MS" (AVG and
+# MEDIAN null if nothing came back; MEDIAN is the median of the replies' RTTs).
 ping_stats() {
 	local ns=$1 target=$2 count=$3 logname=ping-$BASHPID out
 	# Tracked like the daemons, so an interrupted run does not leave it pinging.
-	spawn "$ns" "$logname" ping -n -q -c "$count" -i 0.1 -W 1 -w "$((count / 10 + 10))" "$target"
+	spawn "$ns" "$logname" ping -n -c "$count" -i 0.1 -W 1 -w "$((count / 10 + 10))" "$target"
 	wait "$SPAWNED_PID" || true
 	out=$(cat "$WORK/$logname.log")
 	rm -f "$WORK/$logname.log"
-	awk '
+	local median
+	median=$(median $(sed -n 's/.* time=\([0-9.]*\) ms.*/\1/p' <<<"$out"))
+	awk -v median="$median" '
 		/packet loss/ { for (i = 1; i <= NF; i++) if ($i ~ /%$/) { loss = $i; sub(/%/, "", loss) } }
 		/^rtt|^round-trip/ { split($4, v, "/"); avg = v[2] }
-		END { printf "%s %s\n", (avg == "" ? "null" : avg), (loss == "" ? "null" : loss) }
+		END { printf "%s %s %s\n", (avg == "" ? "null" : avg), (loss == "" ? "null" : loss), median }
 	' <<<"$out"
 }
 
