@@ -152,13 +152,7 @@ impl State {
             let event = match news {
                 RelayNews::NeedTicket => DataplaneEvent::NeedTicket,
                 RelayNews::Changed(state) => {
-                    let bound = self
-                        .relays
-                        .states()
-                        .into_iter()
-                        .filter(|s| s.bound)
-                        .map(|s| s.relay)
-                        .collect();
+                    let bound = self.relays.bound();
                     let (table, _, mut io) = self.io(tun);
                     table.set_bound_relays(bound, now, &mut io);
                     DataplaneEvent::Relay(state)

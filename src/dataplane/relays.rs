@@ -139,6 +139,15 @@ impl Relays {
         }
     }
 
+    /// The relays we are bound at.
+    pub fn bound(&self) -> Vec<SocketAddr> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| c.is_bound())
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
     /// Every relay's state.
     pub fn states(&self) -> Vec<RelayState> {
         self.clients.iter().map(|(a, c)| snapshot(*a, c)).collect()

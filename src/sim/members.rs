@@ -281,13 +281,7 @@ impl MemberNode {
                     self.relays.handle_grant(grant, now);
                 }
                 RelayNews::Changed(_) => {
-                    let bound = self
-                        .relays
-                        .states()
-                        .into_iter()
-                        .filter(|s| s.bound)
-                        .map(|s| s.relay)
-                        .collect();
+                    let bound = self.relays.bound();
                     self.table.set_bound_relays(bound, now, &mut self.io);
                 }
             }
