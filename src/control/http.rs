@@ -15,7 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 
 use super::http_api::*;
-use super::http_client::{self, Method, Origin, Reply};
+use super::http_client::{self, ClientError, Method, Origin, Reply};
 use super::registry::{JoinRequest, Member, NewParty};
 use super::{proof, ControlError, ControlPlane, CreatedParty, JoinCode, Reach, Roster};
 use crate::identity::Key;
@@ -115,8 +115,13 @@ impl HttpControl {
         let bearer = self.bearer();
         let sent: Result<Reply, String> = match &self.transport {
             Transport::Plain(origin) => {
-                http_client::request(origin, method, path, bearer.as_deref(), &bytes, timeout)
-                    .map_err(|e| e.to_string())
+                match http_client::request(origin, method, path, bearer.as_deref(), &bytes, timeout)
+                {
+                    Err(ClientError::BadRequest(why)) => {
+                        return Err(ControlError::Invalid(format!("{}{path}: {why}", self.base)))
+                    }
+                    sent => sent.map_err(|e| e.to_string()),
+                }
             }
             #[cfg(feature = "tls")]
             Transport::Tls(agent) => super::https::request(
