@@ -367,3 +367,41 @@ impl ControlPlane for HttpControl {
         self.relay_ticket(party_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_urls_choose_their_transport_or_are_refused() {
+        assert!(matches!(
+            transport("http://127.0.0.1:7777/"),
+            Ok(Transport::Plain(_))
+        ));
+        assert!(matches!(
+            transport("http://a b"),
+            Err(ControlError::Invalid(_))
+        ));
+        #[cfg(not(feature = "tls"))]
+        match HttpControl::new("https://localhost:7443", None, None) {
+            Err(ControlError::Invalid(why)) => assert!(why.contains("no TLS"), "{why}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a build without TLS accepted https://"),
+        }
+    }
+
+    #[test]
+    fn an_unreachable_server_is_named_with_the_cause() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let mut control = HttpControl::new(&base, None, None).unwrap();
+        match control.list_relays() {
+            Err(ControlError::Unavailable(why)) => assert_eq!(
+                why,
+                format!("cannot reach {base}: Connection refused (os error 111)")
+            ),
+            other => panic!("{:?}", other.map(|r| r.len())),
+        }
+    }
+}
