@@ -13,7 +13,7 @@ use crate::control::code::JoinCode;
 use crate::control::http_api::{ChallengeRequest, CreatePartyRequest, HeartbeatBody, JoinBody};
 use crate::control::registry::Registry;
 use crate::stun_server::responder::{Responder, MAX_REPLY_LEN};
-use crate::wire::http::{self, MAX_BODY_BYTES, MAX_HEAD_BYTES};
+use crate::wire::http::{self, MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_RESPONSE_BODY_BYTES};
 use crate::wire::ip::Ipv4View;
 use crate::wire::relay::{self, Frame};
 use crate::wire::stun::{self, Class, Encoder, Message};
@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("join_code", join_code),
     ("registry_json", registry_json),
     ("http_request", http_request),
+    ("http_response", http_response),
     ("api_bodies", api_bodies),
     ("relay_frame", relay_frame),
     ("stun", stun),
@@ -169,6 +170,60 @@ pub fn http_request(data: &[u8]) -> bool {
                 "recognised after {cut} of its {used} bytes"
             );
         }
+    }
+    true
+}
+
+/// `wire::http::parse_response`, as the `http://` client calls it: with the connection still
+/// open and after the server closed it. An accepted response used at most the input, its
+/// body is bytes of the input right after a head ending in CRLFCRLF, within the limit; it is
+/// the same with or without the bytes after it, and a response complete before the close is
+/// the same after it. A response that needs more bytes while open is decided by the close.
+pub fn http_response(data: &[u8]) -> bool {
+    let open = http::parse_response(data, false);
+    let closed = http::parse_response(data, true);
+    if open != Ok(None) {
+        assert_eq!(
+            closed, open,
+            "the close changed a response that waited for nothing"
+        );
+    }
+    let Ok(Some(r)) = closed else {
+        assert!(
+            !matches!(closed, Ok(None)),
+            "still waiting for bytes after the close"
+        );
+        return false;
+    };
+    assert!(
+        r.len <= data.len(),
+        "used {} of {} bytes",
+        r.len,
+        data.len()
+    );
+    assert!((200..600).contains(&r.status), "final status {}", r.status);
+    assert!(
+        r.body.len() <= MAX_RESPONSE_BODY_BYTES,
+        "{}-byte body",
+        r.body.len()
+    );
+    let head_end = r.len - r.body.len();
+    assert!(
+        data[..head_end].ends_with(b"\r\n\r\n"),
+        "head does not end in CRLFCRLF"
+    );
+    assert_eq!(
+        r.body,
+        &data[head_end..r.len],
+        "body is not the bytes after the head"
+    );
+    if r.len < data.len() || open.is_ok_and(|o| o.is_some()) {
+        // Delimited by its length, not by the close: the bytes after it do not matter.
+        assert_eq!(
+            http::parse_response(&data[..r.len], false),
+            Ok(Some(r)),
+            "the response depends on bytes after it"
+        );
     }
     true
 }

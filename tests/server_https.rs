@@ -1,7 +1,9 @@
 //! `https://` control URLs: the real client talks TLS (rustls) to a control server behind a
 //! TLS terminator (socat) on loopback, trusting a private CA given in `LANPARTY_CA_FILE`;
 //! without that CA the certificate is refused. Needs `openssl` and `socat`
-//! (`scripts/deps.sh` installs them).
+//! (`scripts/deps.sh` installs them). Only with the `tls` feature: without it, `https://` is
+//! refused before any connection (`control::http`'s unit tests).
+#![cfg(feature = "tls")]
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};

@@ -1,6 +1,7 @@
-//! The `http(s)://` backend: the control server's API through ureq, with explicit timeouts.
-//! Holds the member's bearer token after `join` (shared by clones, so the roster watcher and
-//! the control thread use the same, refreshed token).
+//! The `http(s)://` backend: the control server's API with explicit timeouts, over our own
+//! HTTP/1.1 client for `http://` (`http_client`) and ureq with rustls for `https://` (only
+//! with the `tls` feature). Holds the member's bearer token after `join` (shared by clones, so
+//! the roster watcher and the control thread use the same, refreshed token).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 
 use super::http_api::*;
+use super::http_client::{self, ClientError, Method, Origin, Reply};
 use super::registry::{JoinRequest, Member, NewParty};
 use super::{proof, ControlError, ControlPlane, CreatedParty, JoinCode, Reach, Roster};
 use crate::identity::Key;
@@ -21,7 +23,7 @@ use crate::relay::client::Grant;
 use crate::server::relays::{Registration, RelayInfo};
 use crate::wire::relay::TicketView;
 
-/// Timeout for connecting and for ordinary calls.
+/// Timeout for ordinary calls (connecting included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Leaving happens while the member stops, which must take at most 2 s.
 const LEAVE_TIMEOUT: Duration = Duration::from_millis(1200);
@@ -35,78 +37,37 @@ pub struct HttpControl {
     join_secret: Option<String>,
     identity: Option<StaticSecret>,
     token: Arc<Mutex<Option<String>>>,
-    agent: ureq::Agent,
+    transport: Transport,
     /// The server's STUN addresses, from `GET /v1/info` when joining.
     stun: Vec<SocketAddr>,
+}
+
+/// How requests reach the server.
+#[derive(Clone)]
+enum Transport {
+    /// `http://`: our own client, one connection per request.
+    Plain(Origin),
+    /// `https://`: ureq with rustls.
+    #[cfg(feature = "tls")]
+    Tls(ureq::Agent),
 }
 
 /// Environment variable naming a PEM file of root certificates to trust for `https://`
 /// servers instead of the system's (for a server with a private CA).
 pub const CA_FILE_ENV: &str = "LANPARTY_CA_FILE";
 
-/// Where Linux systems keep their trusted roots as one PEM bundle (Debian, Ubuntu, Alpine,
-/// OpenWrt's ca-bundle; Fedora, RHEL; openSUSE). The binary carries no roots of its own: that
-/// keeps it small, and the system's bundle is the one its owner keeps up to date.
-#[cfg(feature = "tls")]
-const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
-fn agent(https: bool) -> Result<ureq::Agent, ControlError> {
-    let builder = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(CALL_TIMEOUT))
-        .timeout_global(Some(LONG_POLL_TIMEOUT));
-    #[cfg(feature = "tls")]
-    let builder = if https {
-        builder.tls_config(trusted_roots()?)
-    } else {
-        builder
-    };
-    #[cfg(not(feature = "tls"))]
-    let _ = https;
-    Ok(builder.build().into())
-}
-
-/// `LANPARTY_CA_FILE`, else the system's bundle.
-#[cfg(feature = "tls")]
-fn trusted_roots() -> Result<ureq::tls::TlsConfig, ControlError> {
-    if let Some(path) = std::env::var_os(CA_FILE_ENV) {
-        return roots_from(std::path::Path::new(&path), CA_FILE_ENV);
+fn transport(base: &str) -> Result<Transport, ControlError> {
+    if base.starts_with("https://") {
+        #[cfg(feature = "tls")]
+        return Ok(Transport::Tls(super::https::agent()?));
+        #[cfg(not(feature = "tls"))]
+        return Err(ControlError::Invalid(
+            "this build has no TLS; use an http:// control URL".into(),
+        ));
     }
-    SYSTEM_CA_BUNDLES
-        .iter()
-        .map(std::path::Path::new)
-        .find(|p| p.exists())
-        .map(|p| roots_from(p, "system CA bundle"))
-        .unwrap_or_else(|| {
-            Err(ControlError::Invalid(format!(
-                "https needs trusted root certificates: install ca-certificates (or ca-bundle), \
-                 or name a PEM file with {CA_FILE_ENV}"
-            )))
-        })
-}
-
-#[cfg(feature = "tls")]
-fn roots_from(path: &std::path::Path, what: &str) -> Result<ureq::tls::TlsConfig, ControlError> {
-    use ureq::tls::{PemItem, RootCerts, TlsConfig};
-    let invalid = |why: String| ControlError::Invalid(format!("{what} {}: {why}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
-    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-        .filter_map(|item| match item {
-            Ok(PemItem::Certificate(cert)) => Some(cert),
-            _ => None,
-        })
-        .collect();
-    if certs.is_empty() {
-        return Err(invalid("no PEM certificates in it".into()));
-    }
-    Ok(TlsConfig::builder()
-        .root_certs(RootCerts::Specific(Arc::new(certs)))
-        .build())
+    Origin::parse(base)
+        .map(Transport::Plain)
+        .map_err(|e| ControlError::Invalid(format!("control URL {base:?}: {e}")))
 }
 
 impl HttpControl {
@@ -122,7 +83,7 @@ impl HttpControl {
             join_secret,
             identity,
             token: Arc::new(Mutex::new(None)),
-            agent: agent(base.starts_with("https://"))?,
+            transport: transport(base)?,
             stun: Vec::new(),
         })
     }
@@ -139,64 +100,48 @@ impl HttpControl {
 
     fn call<T: DeserializeOwned>(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
         body: Option<&impl Serialize>,
         timeout: Duration,
     ) -> Result<T, ControlError> {
-        let url = format!("{}{path}", self.base);
-        let unreachable = |e: ureq::Error| {
-            let cause = e.to_string();
-            let cause = cause.strip_prefix("io: ").unwrap_or(&cause);
-            ControlError::Unavailable(format!("cannot reach {}: {cause}", self.base))
-        };
-        let mut response = match method {
-            "GET" | "DELETE" => {
-                let mut req = if method == "GET" {
-                    self.agent.get(&url)
-                } else {
-                    self.agent.delete(&url)
-                };
-                if let Some(token) = self.bearer() {
-                    req = req.header("Authorization", format!("Bearer {token}"));
-                }
-                req.config()
-                    .timeout_global(Some(timeout))
-                    .build()
-                    .call()
-                    .map_err(unreachable)?
+        let bytes = match (method, body) {
+            (Method::Post, Some(b)) => {
+                serde_json::to_vec(b).map_err(|e| ControlError::Invalid(e.to_string()))?
             }
-            _ => {
-                let mut req = self.agent.post(&url).content_type("application/json");
-                if let Some(token) = self.bearer() {
-                    req = req.header("Authorization", format!("Bearer {token}"));
-                }
-                let bytes = match body {
-                    Some(b) => {
-                        serde_json::to_vec(b).map_err(|e| ControlError::Invalid(e.to_string()))?
+            (Method::Post, None) => b"{}".to_vec(),
+            _ => Vec::new(),
+        };
+        let bearer = self.bearer();
+        let sent: Result<Reply, String> = match &self.transport {
+            Transport::Plain(origin) => {
+                match http_client::request(origin, method, path, bearer.as_deref(), &bytes, timeout)
+                {
+                    Err(ClientError::BadRequest(why)) => {
+                        return Err(ControlError::Invalid(format!("{}{path}: {why}", self.base)))
                     }
-                    None => b"{}".to_vec(),
-                };
-                req.config()
-                    .timeout_global(Some(timeout))
-                    .build()
-                    .send(&bytes[..])
-                    .map_err(unreachable)?
+                    sent => sent.map_err(|e| e.to_string()),
+                }
             }
+            #[cfg(feature = "tls")]
+            Transport::Tls(agent) => super::https::request(
+                agent,
+                &format!("{}{path}", self.base),
+                method,
+                bearer.as_deref(),
+                &bytes,
+                timeout,
+            ),
         };
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(4 * 1024 * 1024)
-            .read_to_string()
-            .map_err(unreachable)?;
+        let Reply { status, body } = sent.map_err(|cause| {
+            ControlError::Unavailable(format!("cannot reach {}: {cause}", self.base))
+        })?;
         if (200..300).contains(&status) {
-            return serde_json::from_str(&text).map_err(|e| {
+            return serde_json::from_slice(&body).map_err(|e| {
                 ControlError::Unavailable(format!("{}: unexpected reply ({e})", self.base))
             });
         }
-        let (message, max_peers) = serde_json::from_str::<ErrorReply>(&text)
+        let (message, max_peers) = serde_json::from_slice::<ErrorReply>(&body)
             .map(|e| (e.error, e.max_peers))
             .unwrap_or_else(|_| (format!("HTTP {status}"), None));
         Err(match status {
@@ -220,7 +165,7 @@ impl HttpControl {
     /// to be well formed, ready for `relay::client::RelayClient::handle_ticket`.
     pub fn relay_ticket(&self, party_id: &str) -> Result<Grant, ControlError> {
         let reply: RelayTicketReply = self.call(
-            "POST",
+            Method::Post,
             &format!("/v1/parties/{party_id}/relay-ticket"),
             None::<&()>,
             CALL_TIMEOUT,
@@ -252,13 +197,13 @@ impl HttpControl {
         struct List {
             relays: Vec<RelayInfo>,
         }
-        let list: List = self.call("GET", "/v1/relays", None::<&()>, CALL_TIMEOUT)?;
+        let list: List = self.call(Method::Get, "/v1/relays", None::<&()>, CALL_TIMEOUT)?;
         Ok(list.relays)
     }
 
     /// Registers (or refreshes) a relay (`POST /v1/relays`); `reg` must be signed.
     pub fn register_relay(&self, reg: &Registration) -> Result<(), ControlError> {
-        self.call::<serde_json::Value>("POST", "/v1/relays", Some(reg), CALL_TIMEOUT)
+        self.call::<serde_json::Value>(Method::Post, "/v1/relays", Some(reg), CALL_TIMEOUT)
             .map(|_| ())
     }
 
@@ -266,7 +211,7 @@ impl HttpControl {
     fn read_roster(&self, party_id: &str, since: Option<u64>) -> Result<Roster, ControlError> {
         let query = since.map(|v| format!("?since={v}")).unwrap_or_default();
         self.call::<Roster>(
-            "GET",
+            Method::Get,
             &format!("/v1/parties/{party_id}/roster{query}"),
             None::<&()>,
             LONG_POLL_TIMEOUT,
@@ -289,7 +234,7 @@ impl ControlPlane for HttpControl {
             max_peers: Some(new.max_peers),
         };
         let reply: CreatePartyReply =
-            self.call("POST", "/v1/parties", Some(&body), CALL_TIMEOUT)?;
+            self.call(Method::Post, "/v1/parties", Some(&body), CALL_TIMEOUT)?;
         let code = JoinCode {
             control: self.base.clone(),
             party_id: reply.id.clone(),
@@ -313,13 +258,13 @@ impl ControlPlane for HttpControl {
             .identity
             .clone()
             .ok_or_else(|| ControlError::Invalid("joining needs the member's key".into()))?;
-        let info: Info = self.call("GET", "/v1/info", None::<&()>, CALL_TIMEOUT)?;
+        let info: Info = self.call(Method::Get, "/v1/info", None::<&()>, CALL_TIMEOUT)?;
         let server_key = Key::parse(&info.public_key).ok_or_else(|| {
             ControlError::Unavailable(format!("{}: not a lanparty-lite server", self.base))
         })?;
         self.stun = info.stun;
         let challenge: ChallengeReply = self.call(
-            "POST",
+            Method::Post,
             &format!("/v1/parties/{party_id}/challenge"),
             Some(&ChallengeRequest {
                 join_secret: secret.clone(),
@@ -338,7 +283,7 @@ impl ControlPlane for HttpControl {
             proof,
         };
         let reply: JoinReply = self.call(
-            "POST",
+            Method::Post,
             &format!("/v1/parties/{party_id}/members"),
             Some(&body),
             CALL_TIMEOUT,
@@ -359,7 +304,7 @@ impl ControlPlane for HttpControl {
             reach: *reach,
         };
         let reply: TokenReply = self.call(
-            "POST",
+            Method::Post,
             &format!("/v1/parties/{party_id}/members/{member_id}/heartbeat"),
             Some(&body),
             CALL_TIMEOUT,
@@ -372,7 +317,7 @@ impl ControlPlane for HttpControl {
 
     fn leave(&mut self, party_id: &str, member_id: &str) -> Result<(), ControlError> {
         self.call::<serde_json::Value>(
-            "DELETE",
+            Method::Delete,
             &format!("/v1/parties/{party_id}/members/{member_id}"),
             None::<&()>,
             LEAVE_TIMEOUT,
@@ -400,7 +345,7 @@ impl ControlPlane for HttpControl {
     fn party_exists(&mut self, party_id: &str) -> Result<bool, ControlError> {
         let secret = self.join_secret.clone().unwrap_or_default();
         let asked: Result<ChallengeReply, ControlError> = self.call(
-            "POST",
+            Method::Post,
             &format!("/v1/parties/{party_id}/challenge"),
             Some(&ChallengeRequest {
                 join_secret: secret,
@@ -420,5 +365,43 @@ impl ControlPlane for HttpControl {
 
     fn ticket(&mut self, party_id: &str) -> Result<Grant, ControlError> {
         self.relay_ticket(party_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_urls_choose_their_transport_or_are_refused() {
+        assert!(matches!(
+            transport("http://127.0.0.1:7777/"),
+            Ok(Transport::Plain(_))
+        ));
+        assert!(matches!(
+            transport("http://a b"),
+            Err(ControlError::Invalid(_))
+        ));
+        #[cfg(not(feature = "tls"))]
+        match HttpControl::new("https://localhost:7443", None, None) {
+            Err(ControlError::Invalid(why)) => assert!(why.contains("no TLS"), "{why}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a build without TLS accepted https://"),
+        }
+    }
+
+    #[test]
+    fn an_unreachable_server_is_named_with_the_cause() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let mut control = HttpControl::new(&base, None, None).unwrap();
+        match control.list_relays() {
+            Err(ControlError::Unavailable(why)) => assert_eq!(
+                why,
+                format!("cannot reach {base}: Connection refused (os error 111)")
+            ),
+            other => panic!("{:?}", other.map(|r| r.len())),
+        }
     }
 }

@@ -5,6 +5,9 @@ pub mod code;
 pub mod file;
 pub mod http;
 pub mod http_api;
+pub mod http_client;
+#[cfg(feature = "tls")]
+mod https;
 pub mod ipam;
 pub mod proof;
 pub mod registry;

@@ -1,6 +1,8 @@
-//! The subset of HTTP/1.1 (RFC 9112) the control server speaks: one request parsed from a
-//! byte buffer, one response serialised. No chunked bodies, no continuation lines, no
-//! pipelining beyond "parse the next request once this one is answered". Pure: no I/O.
+//! The subset of HTTP/1.1 (RFC 9112) the control plane speaks. For the server: one request
+//! parsed from a byte buffer, one response serialised. For the `http://` client: one response
+//! parsed from a byte buffer ([`parse_response`]). No chunked bodies, no continuation lines, no
+//! pipelining beyond "parse the next request once this one is answered". Pure: no I/O; the
+//! caller reads the socket, keeps the buffer and says when the peer has closed.
 
 use std::fmt;
 
@@ -222,6 +224,162 @@ pub fn response(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
     out
 }
 
+/// Largest response body the client reads (the biggest reply, a full party's roster, is far
+/// smaller).
+pub const MAX_RESPONSE_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// A complete response, borrowed from the buffer it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseView<'a> {
+    /// Status code of the final response (interim 1xx responses before it are skipped).
+    pub status: u16,
+    /// Body bytes.
+    pub body: &'a [u8],
+    /// Bytes of the buffer the response (with any interim responses before it) used.
+    pub len: usize,
+}
+
+/// Why bytes are not an acceptable response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseError {
+    /// Malformed status line or header.
+    Malformed,
+    /// HTTP version other than 1.0/1.1.
+    Version,
+    /// Head larger than [`MAX_HEAD_BYTES`] or too many headers.
+    HeadTooLarge,
+    /// Body larger than [`MAX_RESPONSE_BODY_BYTES`].
+    BodyTooLarge,
+    /// A `Transfer-Encoding` (chunked) body: our server never sends one.
+    Chunked,
+    /// The connection closed before the response was complete.
+    Truncated,
+}
+
+impl fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResponseError::Malformed => "malformed HTTP response",
+            ResponseError::Version => "not an HTTP/1.0 or HTTP/1.1 response",
+            ResponseError::HeadTooLarge => "response head too large",
+            ResponseError::BodyTooLarge => "response body larger than 4 MiB",
+            ResponseError::Chunked => {
+                "chunked (Transfer-Encoding) responses are not supported: not a lanparty-lite server?"
+            }
+            ResponseError::Truncated => "connection closed before the response was complete",
+        })
+    }
+}
+
+/// Status line `HTTP/1.x NNN reason` (RFC 9112 §4): the status code.
+fn parse_status_line(line: &str) -> Result<u16, ResponseError> {
+    let (version, rest) = line.split_once(' ').ok_or(ResponseError::Malformed)?;
+    match version {
+        "HTTP/1.1" | "HTTP/1.0" => {}
+        v if v.starts_with("HTTP/") => return Err(ResponseError::Version),
+        _ => return Err(ResponseError::Malformed),
+    }
+    // The reason phrase is optional, and so (leniently) is the space before an empty one.
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    if code.len() != 3
+        || !code.bytes().all(|b| b.is_ascii_digit())
+        || reason.bytes().any(|b| b.is_ascii_control() && b != b'\t')
+    {
+        return Err(ResponseError::Malformed);
+    }
+    let status: u16 = code.parse().map_err(|_| ResponseError::Malformed)?;
+    if !(100..600).contains(&status) {
+        return Err(ResponseError::Malformed);
+    }
+    Ok(status)
+}
+
+/// A response head: status, and the body length if `Content-Length` gives one.
+fn parse_response_head(head: &str) -> Result<(u16, Option<usize>), ResponseError> {
+    let mut lines = head.split("\r\n");
+    let status = parse_status_line(lines.next().ok_or(ResponseError::Malformed)?)?;
+    let mut content_length: Option<usize> = None;
+    for (count, line) in lines.enumerate() {
+        if count >= MAX_HEADERS {
+            return Err(ResponseError::HeadTooLarge);
+        }
+        // No whitespace before the colon, no obsolete line folding (RFC 9112 §5.1, §5.2).
+        let (name, value) = line.split_once(':').ok_or(ResponseError::Malformed)?;
+        if name.is_empty()
+            || name
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            || value.bytes().any(|b| b.is_ascii_control() && b != b'\t')
+        {
+            return Err(ResponseError::Malformed);
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if name.eq_ignore_ascii_case("content-length") {
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ResponseError::Malformed);
+            }
+            // Too many digits for usize is certainly too large.
+            let n: usize = value.parse().map_err(|_| ResponseError::BodyTooLarge)?;
+            if content_length.is_some_and(|prev| prev != n) {
+                return Err(ResponseError::Malformed);
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ResponseError::Chunked);
+        }
+    }
+    Ok((status, content_length))
+}
+
+/// Parses the response to one request from the start of `buf`; `closed`: the server has
+/// closed the connection, so no more bytes will come. Interim (1xx) responses are skipped. A
+/// body without `Content-Length` runs to the close (RFC 9112 §6.3); 204 and 304 have none.
+/// `Ok(None)`: need more bytes.
+pub fn parse_response(buf: &[u8], closed: bool) -> Result<Option<ResponseView<'_>>, ResponseError> {
+    let mut start = 0;
+    loop {
+        let rest = &buf[start..];
+        let Some(head_len) = find_head_end(rest) else {
+            return if rest.len() > MAX_HEAD_BYTES {
+                Err(ResponseError::HeadTooLarge)
+            } else if closed {
+                Err(ResponseError::Truncated)
+            } else {
+                Ok(None)
+            };
+        };
+        if head_len > MAX_HEAD_BYTES {
+            return Err(ResponseError::HeadTooLarge);
+        }
+        let head =
+            std::str::from_utf8(&rest[..head_len - 4]).map_err(|_| ResponseError::Malformed)?;
+        let (status, content_length) = parse_response_head(head)?;
+        if status < 200 {
+            // RFC 9110 §15.2: a client must be able to skip 1xx responses (they have no body).
+            start += head_len;
+            continue;
+        }
+        let after_head = &rest[head_len..];
+        let body_len = match content_length {
+            _ if status == 204 || status == 304 => 0,
+            Some(n) if n > MAX_RESPONSE_BODY_BYTES => return Err(ResponseError::BodyTooLarge),
+            Some(n) if after_head.len() >= n => n,
+            Some(_) if closed => return Err(ResponseError::Truncated),
+            Some(_) => return Ok(None),
+            None if after_head.len() > MAX_RESPONSE_BODY_BYTES => {
+                return Err(ResponseError::BodyTooLarge)
+            }
+            None if closed => after_head.len(),
+            None => return Ok(None),
+        };
+        return Ok(Some(ResponseView {
+            status,
+            body: &after_head[..body_len],
+            len: start + head_len + body_len,
+        }));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +447,84 @@ mod tests {
         let r = response(404, b"{}", false);
         assert!(r.starts_with(b"HTTP/1.1 404 Not Found\r\n"));
         assert!(r.ends_with(b"Connection: close\r\n\r\n{}"));
+    }
+
+    #[test]
+    fn parses_a_response_with_a_content_length_body() {
+        let raw = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}extra";
+        let r = parse_response(raw, false).unwrap().unwrap();
+        assert_eq!((r.status, r.body, r.len), (201, &b"{}"[..], raw.len() - 5));
+        assert_eq!(parse_response(&raw[..raw.len() - 6], false), Ok(None));
+        assert_eq!(
+            parse_response(&raw[..raw.len() - 6], true),
+            Err(ResponseError::Truncated)
+        );
+    }
+
+    #[test]
+    fn a_response_without_length_ends_at_the_close_and_interim_ones_are_skipped() {
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 404\r\n\r\n{\"error\":\"x\"}";
+        assert_eq!(parse_response(raw, false), Ok(None));
+        let r = parse_response(raw, true).unwrap().unwrap();
+        assert_eq!((r.status, r.body), (404, &b"{\"error\":\"x\"}"[..]));
+        let empty = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", false);
+        assert_eq!(empty.unwrap().unwrap().body, b"");
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\n", true),
+            Err(ResponseError::Truncated)
+        );
+    }
+
+    #[test]
+    fn rejects_responses_we_do_not_read() {
+        let e = |raw: &[u8]| parse_response(raw, true).unwrap_err();
+        assert_eq!(e(b"HTTP/2 200 OK\r\n\r\n"), ResponseError::Version);
+        assert_eq!(e(b"SSH-2.0-OpenSSH\r\n\r\n"), ResponseError::Malformed);
+        assert_eq!(e(b"HTTP/1.1 20 OK\r\n\r\n"), ResponseError::Malformed);
+        assert_eq!(e(b"HTTP/1.1 2000 OK\r\n\r\n"), ResponseError::Malformed);
+        assert_eq!(e(b"HTTP/1.1 700 What\r\n\r\n"), ResponseError::Malformed);
+        assert_eq!(e(b"HTTP/1.1  200 OK\r\n\r\n"), ResponseError::Malformed);
+        assert_eq!(
+            e(b"HTTP/1.1 200 OK\r\nX : y\r\n\r\n"),
+            ResponseError::Malformed
+        );
+        assert_eq!(
+            e(b"HTTP/1.1 200 OK\r\n folded\r\n\r\n"),
+            ResponseError::Malformed
+        );
+        assert_eq!(
+            e(b"HTTP/1.1 200 OK\r\nX: a\nb\r\n\r\n"),
+            ResponseError::Malformed
+        );
+        assert_eq!(
+            e(b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}"),
+            ResponseError::Malformed
+        );
+        assert_eq!(
+            e(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"),
+            ResponseError::Malformed
+        );
+        assert_eq!(
+            e(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
+            ResponseError::Chunked
+        );
+        assert_eq!(
+            e(b"HTTP/1.1 200 OK\r\nContent-Length: 4194305\r\n\r\n"),
+            ResponseError::BodyTooLarge
+        );
+        assert_eq!(
+            e(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            ResponseError::BodyTooLarge
+        );
+        assert_eq!(
+            e(&vec![b'a'; MAX_HEAD_BYTES + 1]),
+            ResponseError::HeadTooLarge
+        );
+        let mut unbounded = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        unbounded.resize(unbounded.len() + MAX_RESPONSE_BODY_BYTES + 1, b' ');
+        assert_eq!(
+            parse_response(&unbounded, false),
+            Err(ResponseError::BodyTooLarge)
+        );
     }
 }
