@@ -359,7 +359,7 @@ in_subshell() {
 measure_path() {
 	local name=$1 cns=$2 sns=$3 target=$4 run rtt loss
 	ping_stats "$cns" "$target" 5 >/dev/null # warm-up, not counted
-	read -r rtt loss < <(ping_stats "$cns" "$target" "$PINGS")
+	read -r rtt loss _ < <(ping_stats "$cns" "$target" "$PINGS")
 	[[ $rtt != null ]] || fail_pair "$name: idle ping got no replies"
 	local -a mbps=() retrans=()
 	for ((run = 1; run <= RUNS; run++)); do
