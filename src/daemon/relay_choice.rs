@@ -99,11 +99,6 @@ impl RelayBook {
         };
         self.home
     }
-
-    /// The current home relay.
-    pub fn home(&self) -> Option<SocketAddr> {
-        self.home
-    }
 }
 
 /// Where members `a` and `b` (member ids, with their home relays) meet.

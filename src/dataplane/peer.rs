@@ -248,9 +248,4 @@ impl Peer {
             io.send_to(keepalive, dst);
         }
     }
-
-    /// When the peer was last heard from, on any path.
-    pub fn last_rx(&self) -> Option<Instant> {
-        self.direct_rx_at.max(self.relayed_rx_at)
-    }
 }

@@ -66,11 +66,6 @@ impl Relays {
         self.grant = Some(grant);
     }
 
-    /// Whether `src` is one of our relays.
-    pub fn is_relay(&self, src: SocketAddr) -> bool {
-        self.clients.contains_key(&src)
-    }
-
     /// Handles a datagram from relay `src`; returns a peer's datagram it carried.
     pub fn handle_datagram<'a>(
         &mut self,
