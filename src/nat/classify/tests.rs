@@ -337,3 +337,24 @@ fn transaction_ids_differ_per_request() {
     ids.dedup();
     assert_eq!(ids.len(), 4, "binding, two filtering tests, mapping");
 }
+
+#[test]
+fn a_second_answer_to_a_retransmitted_request_is_taken_and_ignored() {
+    let t0 = Instant::now();
+    let mut c = Classifier::new(&grid(), &[addr(LOCAL)], [7; 12], t0);
+    let first = c.poll_transmit().unwrap();
+    c.handle_timeout(t0 + INITIAL_RTO);
+    assert_eq!(c.poll_transmit(), Some(first.clone()));
+    let id = Message::parse(&first.payload).unwrap().transaction;
+    let mut e = Encoder::new(Class::Success, BINDING, id);
+    e.xor_mapped_address(addr(PUBLIC));
+    let answer = e.finish();
+    assert!(c.handle_datagram(grid()[0], &answer, t0 + INITIAL_RTO));
+    let filtering_tests: Vec<Transmit> = std::iter::from_fn(|| c.poll_transmit()).collect();
+    assert_eq!(filtering_tests.len(), 2);
+    // The answer to the retransmission: ours, so not junk for the data plane, but it
+    // changes nothing.
+    assert!(c.handle_datagram(grid()[0], &answer, t0 + INITIAL_RTO));
+    assert_eq!(c.poll_transmit(), None);
+    assert_eq!(c.poll_timeout(), Some(t0 + INITIAL_RTO * 2));
+}
