@@ -19,6 +19,14 @@ use super::peers::{Io, PeerConfig};
 use crate::nat::Prediction;
 use crate::wire::relay::MemberId;
 
+/// A handshake younger than this means the session is up (WireGuard's REJECT_AFTER_TIME).
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+
+/// Whether a session is up, given the time since the last completed handshake.
+pub fn session_is_up(since_handshake: Option<Duration>) -> bool {
+    since_handshake.is_some_and(|d| d < SESSION_LIFETIME)
+}
+
 /// A direct path counts as working this long after its last authenticated packet (each side
 /// sends a keepalive after 25 s of silence).
 pub const DIRECT_FRESH: Duration = Duration::from_secs(35);
@@ -117,6 +125,11 @@ impl Peer {
             broadcast_in: RateLimit::new(broadcast_rate),
             broadcast: PeerBroadcast::default(),
         }
+    }
+
+    /// Whether the WireGuard session is up.
+    pub fn session_up(&self) -> bool {
+        session_is_up(self.tunn.time_since_last_handshake())
     }
 
     /// Whether an authenticated packet came straight from the peer recently.

@@ -18,7 +18,7 @@ use ipnet::Ipv4Net;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::broadcast::{self, Dedup, OwnBroadcast, PeerBroadcast, RateLimit};
-use super::peer::{Peer, Source};
+use super::peer::{session_is_up, Peer, Source};
 use crate::identity::Key;
 use crate::nat::Prediction;
 use crate::wire::ip::Ipv4View;
@@ -29,8 +29,6 @@ use crate::wire::wg::{self, Datagram};
 pub const PERSISTENT_KEEPALIVE_S: u16 = 25;
 /// Scratch buffer size: the largest datagram plus WireGuard overhead.
 pub const BUF_LEN: usize = 65_535 + 32;
-/// A handshake younger than this means the session is up (WireGuard's REJECT_AFTER_TIME).
-const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 /// Handshake messages per second (all peers together) before cookies are demanded
 /// (WireGuard whitepaper §5.3, boringtun's limiter).
 const HANDSHAKES_PER_SECOND: u64 = 100;
@@ -98,7 +96,7 @@ pub struct PeerStats {
 impl PeerStats {
     /// Whether a session is up (a handshake completed recently).
     pub fn is_connected(&self) -> bool {
-        self.since_handshake.is_some_and(|d| d < SESSION_LIFETIME)
+        session_is_up(self.since_handshake)
     }
 }
 
@@ -444,10 +442,7 @@ impl PeerTable {
                 TunnResult::Err(e) => log::debug!("timers for {}: {e:?}", peer.config.name),
                 _ => {}
             }
-            let session_up = peer
-                .tunn
-                .time_since_last_handshake()
-                .is_some_and(|d| d < SESSION_LIFETIME);
+            let session_up = peer.session_up();
             if peer.poll_punch(session_up, now) {
                 if let TunnResult::WriteToNetwork(keepalive) =
                     peer.tunn.encapsulate(&[], &mut self.buf)
@@ -465,7 +460,7 @@ impl PeerTable {
             .values()
             .map(|p| {
                 let (since, tx, rx, _loss, rtt) = p.tunn.stats();
-                let connected = since.is_some_and(|d| d < SESSION_LIFETIME);
+                let connected = session_is_up(since);
                 PeerStats {
                     config: p.config.clone(),
                     endpoint: p.direct,
@@ -489,11 +484,7 @@ impl PeerTable {
 /// initiation now, sent everywhere it may be, instead of at WireGuard's next retry (5 s): the
 /// first one may have gone out before its public endpoint or our meeting relay was known.
 fn retry_handshake(peer: &mut Peer, buf: &mut [u8], now: Instant, io: &mut impl Io) {
-    let session_up = peer
-        .tunn
-        .time_since_last_handshake()
-        .is_some_and(|d| d < SESSION_LIFETIME);
-    if session_up {
+    if peer.session_up() {
         return;
     }
     if let TunnResult::WriteToNetwork(out) = peer.tunn.format_handshake_initiation(buf, true) {
