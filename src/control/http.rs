@@ -20,7 +20,7 @@ use super::registry::{JoinRequest, Member, NewParty};
 use super::{proof, ControlError, ControlPlane, CreatedParty, JoinCode, Reach, Roster};
 use crate::identity::Key;
 use crate::relay::client::Grant;
-use crate::server::relays::{Registration, RelayInfo};
+use crate::server::relays::{Registration, RelayInfo, RelayList};
 use crate::wire::relay::TicketView;
 
 /// Timeout for ordinary calls (connecting included).
@@ -193,17 +193,13 @@ impl HttpControl {
 
     /// Relays the server lists (`GET /v1/relays`).
     pub fn relays(&self) -> Result<Vec<RelayInfo>, ControlError> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            relays: Vec<RelayInfo>,
-        }
-        let list: List = self.call(Method::Get, "/v1/relays", None::<&()>, CALL_TIMEOUT)?;
+        let list: RelayList = self.call(Method::Get, "/v1/relays", None::<&()>, CALL_TIMEOUT)?;
         Ok(list.relays)
     }
 
     /// Registers (or refreshes) a relay (`POST /v1/relays`); `reg` must be signed.
     pub fn register_relay(&self, reg: &Registration) -> Result<(), ControlError> {
-        self.call::<serde_json::Value>(Method::Post, "/v1/relays", Some(reg), CALL_TIMEOUT)
+        self.call::<serde::de::IgnoredAny>(Method::Post, "/v1/relays", Some(reg), CALL_TIMEOUT)
             .map(|_| ())
     }
 
@@ -316,7 +312,7 @@ impl ControlPlane for HttpControl {
     }
 
     fn leave(&mut self, party_id: &str, member_id: &str) -> Result<(), ControlError> {
-        self.call::<serde_json::Value>(
+        self.call::<serde::de::IgnoredAny>(
             Method::Delete,
             &format!("/v1/parties/{party_id}/members/{member_id}"),
             None::<&()>,

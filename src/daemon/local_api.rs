@@ -148,7 +148,11 @@ fn answer(mut stream: UnixStream, handler: &impl Handler) -> io::Result<()> {
 }
 
 fn error_line(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
+    #[derive(serde::Serialize)]
+    struct ErrorLine<'a> {
+        error: &'a str,
+    }
+    serde_json::to_string(&ErrorLine { error: message }).unwrap_or_default()
 }
 
 /// Sends `request` to the member running with `state_dir` and returns its response line.
@@ -176,11 +180,12 @@ pub fn call(state_dir: &Path, request: Request) -> Result<String, Failure> {
     BufReader::new(stream)
         .read_line(&mut response)
         .map_err(io_failure)?;
-    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&response)
-    {
-        if let Some(serde_json::Value::String(e)) = map.get("error") {
-            return Err(Failure::System(format!("member refused: {e}")));
-        }
+    #[derive(serde::Deserialize)]
+    struct Refusal {
+        error: String,
+    }
+    if let Ok(Refusal { error }) = serde_json::from_str::<Refusal>(&response) {
+        return Err(Failure::System(format!("member refused: {error}")));
     }
     Ok(response)
 }

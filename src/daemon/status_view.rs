@@ -23,9 +23,9 @@ pub struct ApiHandler {
 
 /// A name a serde enum serializes to (`snake_case`), for the status document.
 fn serde_name<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
+    serde_json::to_string(value)
         .ok()
-        .and_then(|v| v.as_str().map(String::from))
+        .and_then(|json| serde_json::from_str::<String>(&json).ok())
         .unwrap_or_else(|| "unknown".into())
 }
 

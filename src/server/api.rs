@@ -13,7 +13,7 @@ use serde::Serialize;
 use x25519_dalek::StaticSecret;
 
 use super::rate::RateLimiter;
-use super::relays::Relays;
+use super::relays::{RelayList, Relays};
 use super::tokens::{TokenKey, REFRESH_WHEN_LEFT_S};
 use crate::control::http_api::*;
 use crate::control::registry::{self, JoinRequest, NewParty, Registry};
@@ -212,7 +212,9 @@ impl Api {
             )),
             (Method::Get, ["v1", "relays"]) => Ok(json(
                 200,
-                &serde_json::json!({ "relays": self.relays.list(now) }),
+                &RelayList {
+                    relays: self.relays.list(now),
+                },
             )),
             (Method::Post, ["v1", "relays"]) => self.register_relay(parse_body(req)?, now),
             (Method::Post, ["v1", "parties"]) => self.create_party(parse_body(req)?, now),

@@ -54,6 +54,13 @@ pub struct RelayInfo {
     pub last_seen: u64,
 }
 
+/// The body of `GET /v1/relays`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayList {
+    /// Relays seen recently, in the server's order.
+    pub relays: Vec<RelayInfo>,
+}
+
 /// Why a registration was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayError {
