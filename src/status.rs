@@ -141,6 +141,53 @@ pub struct PeerStatus {
     /// Seconds from adding the peer to the first direct packet.
     #[serde(default)]
     pub time_to_direct_s: Option<f64>,
+    /// Seconds in the current `state`.
+    #[serde(default)]
+    pub state_for_s: f64,
+    /// Smoothed round trip of the path in use (probes), in milliseconds.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+    /// Smoothed round-trip variation of the path in use, in milliseconds.
+    #[serde(default)]
+    pub jitter_ms: Option<f64>,
+    /// Probes lost on the path in use, of the last 16, in percent.
+    #[serde(default)]
+    pub loss_percent: Option<f64>,
+    /// Times traffic to this peer moved from one path to another.
+    #[serde(default)]
+    pub path_switches: u64,
+    /// Bytes of WireGuard datagrams received through relays.
+    #[serde(default)]
+    pub relayed_rx_bytes: u64,
+    /// Bytes of WireGuard datagrams sent through relays.
+    #[serde(default)]
+    pub relayed_tx_bytes: u64,
+    /// Every path we probe to this peer.
+    #[serde(default)]
+    pub paths: Vec<PathStatus>,
+}
+
+/// One path to a peer, as its probes measure it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathStatus {
+    /// `direct` or `relayed`.
+    pub kind: String,
+    /// The peer's endpoint (direct) or the relay's address (relayed).
+    pub address: String,
+    /// `unknown` (no probe answered yet), `up` or `down`.
+    pub state: String,
+    /// Whether traffic takes this path now.
+    pub in_use: bool,
+    /// Smoothed round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Smoothed round-trip variation, in milliseconds.
+    pub jitter_ms: Option<f64>,
+    /// Probes lost, of the last 16, in percent.
+    pub loss_percent: Option<f64>,
+    /// Probes sent.
+    pub probes_sent: u64,
+    /// Replies received.
+    pub replies: u64,
 }
 
 fn or_dash<T: ToString>(value: &Option<T>) -> String {
@@ -319,6 +366,24 @@ mod tests {
                 relay: None,
                 prediction: "direct".into(),
                 time_to_direct_s: Some(0.5),
+                state_for_s: 12.0,
+                rtt_ms: Some(0.4),
+                jitter_ms: Some(0.1),
+                loss_percent: Some(0.0),
+                path_switches: 1,
+                relayed_rx_bytes: 0,
+                relayed_tx_bytes: 0,
+                paths: vec![PathStatus {
+                    kind: "direct".into(),
+                    address: "192.0.2.2:51820".into(),
+                    state: "up".into(),
+                    in_use: true,
+                    rtt_ms: Some(0.4),
+                    jitter_ms: Some(0.1),
+                    loss_percent: Some(0.0),
+                    probes_sent: 20,
+                    replies: 20,
+                }],
             }],
         }
     }

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use super::local_api;
-use crate::dataplane::{self, peers::PeerStats, DataplaneStatus};
+use crate::dataplane::{self, health::PathStats, peers::PeerStats, DataplaneStatus};
 use crate::status::{
-    PartyStatus, PeerBroadcastStatus, PeerStatus, RelayStatus, SelfStatus, Status,
+    PartyStatus, PathStatus, PeerBroadcastStatus, PeerStatus, RelayStatus, SelfStatus, Status,
 };
 
 /// Answers the local API.
@@ -29,17 +29,47 @@ fn serde_name<T: serde::Serialize>(value: &T) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn path_status(kind: &str, address: String, stats: PathStats, in_use: bool) -> PathStatus {
+    PathStatus {
+        kind: kind.into(),
+        address,
+        state: stats.state.name().into(),
+        in_use,
+        rtt_ms: stats.rtt.map(ms),
+        jitter_ms: stats.jitter.map(ms),
+        loss_percent: stats.loss.map(|l| l * 100.0),
+        probes_sent: stats.probes_sent,
+        replies: stats.replies,
+    }
+}
+
 fn peer_status(p: PeerStats) -> PeerStatus {
-    let connected = p.is_connected();
+    let in_use = p.path_in_use;
+    let mut paths = Vec::new();
+    if let (Some(endpoint), Some(stats)) = (p.endpoint, p.direct_path) {
+        let used = p.connection_type == "direct";
+        paths.push(path_status("direct", endpoint.to_string(), stats, used));
+    }
+    if let (Some(relay), Some(stats)) = (p.relay, p.relayed_path) {
+        let used = p.connection_type == "relayed";
+        paths.push(path_status("relayed", relay.to_string(), stats, used));
+    }
     PeerStatus {
         id: p.config.id.clone(),
         name: p.config.name.clone(),
         public_key: p.config.public_key.to_string(),
         virtual_ip: p.config.virtual_ip,
         endpoint: p.endpoint.map(|e| e.to_string()),
-        state: if connected { "connected" } else { "connecting" }.into(),
+        state: p.state.name().into(),
         connection_type: p.connection_type.into(),
-        latency_ms: p.handshake_rtt_ms.map(f64::from),
+        latency_ms: in_use
+            .and_then(|s| s.rtt)
+            .map(ms)
+            .or(p.handshake_rtt_ms.map(f64::from)),
         rx_bytes: p.rx_bytes,
         tx_bytes: p.tx_bytes,
         last_handshake_s: p.since_handshake.map(|d| d.as_secs()),
@@ -48,13 +78,17 @@ fn peer_status(p: PeerStats) -> PeerStatus {
             received: p.broadcast.received,
             dropped: p.broadcast.dropped,
         },
-        relay: p
-            .config
-            .relay
-            .filter(|_| p.relay_bound)
-            .map(|r| r.to_string()),
+        relay: p.relay.map(|r| r.to_string()),
         prediction: serde_name(&p.config.prediction),
         time_to_direct_s: p.time_to_direct.map(|d| d.as_secs_f64()),
+        state_for_s: p.state_for.as_secs_f64(),
+        rtt_ms: in_use.and_then(|s| s.rtt).map(ms),
+        jitter_ms: in_use.and_then(|s| s.jitter).map(ms),
+        loss_percent: in_use.and_then(|s| s.loss).map(|l| l * 100.0),
+        path_switches: p.path_switches,
+        relayed_rx_bytes: p.relayed_rx_bytes,
+        relayed_tx_bytes: p.relayed_tx_bytes,
+        paths,
     }
 }
 

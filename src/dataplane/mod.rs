@@ -4,6 +4,7 @@
 
 pub mod broadcast;
 mod event_loop;
+pub mod health;
 pub mod peer;
 pub mod peers;
 pub mod relays;

@@ -1,6 +1,13 @@
 //! One peer of the table: its `Tunn`, its two kinds of path (a direct endpoint, learned only
-//! from authenticated packets, and the relay both members meet at), which path a datagram
-//! takes, and when to punch. Pure: the caller passes `now` and does the sending.
+//! from authenticated packets, and a relay both members are bound at), their probes and
+//! health (`health`), which path a datagram takes, and when to punch. Pure: the caller
+//! passes `now` and does the sending.
+//!
+//! Path choice: the direct path while it is usable (answering probes; after an outage, for
+//! `health::RETURN_AFTER`), else the relay in use unless it is down, else whatever is left.
+//! The relay in use is the meeting relay when we are bound there; when it stops answering,
+//! the next relay we are bound at is tried (every member binds every listed relay, so the
+//! peer is very likely bound there too, and it answers on the path a probe came by).
 //!
 //! Hole punching needs no probe format of its own: WireGuard messages are the probes. Until
 //! a session is up, handshake initiations go to every candidate address of the peer (and
@@ -12,11 +19,15 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use boringtun::noise::Tunn;
+use std::net::Ipv4Addr;
+
+use boringtun::noise::{Tunn, TunnResult};
 
 use super::broadcast::{PeerBroadcast, RateLimit};
+use super::health::{PathHealth, PathState, PeerHealth, Role, Thresholds, Transition};
 use super::peers::{Io, PeerConfig};
 use crate::nat::Prediction;
+use crate::wire::probe::{self, Kind, Probe};
 use crate::wire::relay::MemberId;
 
 /// A handshake younger than this means the session is up (WireGuard's REJECT_AFTER_TIME).
@@ -27,9 +38,8 @@ pub fn session_is_up(since_handshake: Option<Duration>) -> bool {
     since_handshake.is_some_and(|d| d < SESSION_LIFETIME)
 }
 
-/// A direct path counts as working this long after its last authenticated packet (each side
-/// sends a keepalive after 25 s of silence).
-pub const DIRECT_FRESH: Duration = Duration::from_secs(35);
+/// Traffic this recent makes a peer busy: its path in use is probed at the fast rate.
+pub const TRAFFIC_RECENT: Duration = Duration::from_secs(2);
 /// Punches at this interval while a direct path is expected …
 pub const PUNCH_FAST: Duration = Duration::from_secs(1);
 /// … for this many tries, then at [`PUNCH_SLOW`].
@@ -90,12 +100,25 @@ pub struct Peer {
     pub tunn: Tunn,
     /// Its id at relays.
     pub member: MemberId,
+    /// Our virtual IP: the source of our probes, checked by the peer like any packet's.
+    own_ip: Ipv4Addr,
     /// Its direct endpoint, learned from authenticated packets only.
     pub direct: Option<SocketAddr>,
-    direct_rx_at: Option<Instant>,
-    relayed_rx_at: Option<Instant>,
-    /// Whether we are bound at the relay we meet this peer at.
-    pub relay_bound: bool,
+    direct_health: PathHealth,
+    /// The relay we reach it through (one we are bound at), if any.
+    pub relay: Option<SocketAddr>,
+    relayed_health: PathHealth,
+    health: PeerHealth,
+    next_seq: u32,
+    last_traffic_at: Option<Instant>,
+    /// The route traffic took at the last health check, to count and log switches.
+    last_route: Option<Route>,
+    /// Times traffic moved from one path to another.
+    pub path_switches: u64,
+    /// Bytes of WireGuard datagrams sent and received through relays.
+    pub relayed_tx_bytes: u64,
+    /// See `relayed_tx_bytes`.
+    pub relayed_rx_bytes: u64,
     added_at: Instant,
     /// When the direct path first worked, measured from when the peer was added.
     pub time_to_direct: Option<Duration>,
@@ -108,16 +131,30 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A new peer, added at `now`.
-    pub fn new(config: PeerConfig, tunn: Tunn, broadcast_rate: u32, now: Instant) -> Peer {
+    /// A new peer of the member at `own_ip`, added at `now`.
+    pub fn new(
+        config: PeerConfig,
+        tunn: Tunn,
+        own_ip: Ipv4Addr,
+        broadcast_rate: u32,
+        now: Instant,
+    ) -> Peer {
         Peer {
             member: config.public_key.member_id(),
+            own_ip,
             config,
             tunn,
             direct: None,
-            direct_rx_at: None,
-            relayed_rx_at: None,
-            relay_bound: false,
+            direct_health: PathHealth::new(now),
+            relay: None,
+            relayed_health: PathHealth::new(now),
+            health: PeerHealth::new(now),
+            next_seq: 1,
+            last_traffic_at: None,
+            last_route: None,
+            path_switches: 0,
+            relayed_tx_bytes: 0,
+            relayed_rx_bytes: 0,
             added_at: now,
             time_to_direct: None,
             next_punch_at: now + PUNCH_FAST,
@@ -132,21 +169,44 @@ impl Peer {
         session_is_up(self.tunn.time_since_last_handshake())
     }
 
-    /// Whether an authenticated packet came straight from the peer recently.
-    pub fn direct_is_fresh(&self, now: Instant) -> bool {
-        self.direct_rx_at
-            .is_some_and(|at| now.saturating_duration_since(at) < DIRECT_FRESH)
+    /// Whether traffic may go straight to the peer.
+    pub fn direct_usable(&self, now: Instant) -> bool {
+        self.direct.is_some() && self.direct_health.usable(now)
     }
 
-    fn relay(&self) -> Option<SocketAddr> {
-        self.config.relay.filter(|_| self.relay_bound)
+    /// The peer's state machine.
+    pub fn health(&self) -> &PeerHealth {
+        &self.health
     }
 
-    /// The path for a data packet now: direct while it works, else the relay, else the last
-    /// direct endpoint, else everywhere.
+    /// The direct path's health (of the current endpoint), if there is an endpoint.
+    pub fn direct_health(&self) -> Option<&PathHealth> {
+        self.direct.map(|_| &self.direct_health)
+    }
+
+    /// The relayed path's health, if a relay is in use.
+    pub fn relayed_health(&self) -> Option<&PathHealth> {
+        self.relay.map(|_| &self.relayed_health)
+    }
+
+    /// The health of the path traffic takes now, if it is one we probe.
+    pub fn path_in_use(&self, now: Instant) -> Option<&PathHealth> {
+        match self.route(now) {
+            Route::Direct(_) => self.direct_health(),
+            Route::Relayed(_) => self.relayed_health(),
+            Route::Everywhere => None,
+        }
+    }
+
+    /// The path for a data packet now: direct while it is usable, else the relay unless it
+    /// is down, else the direct endpoint unless it is down, else whatever is left.
     pub fn route(&self, now: Instant) -> Route {
-        match (self.direct, self.relay()) {
-            (Some(d), _) if self.direct_is_fresh(now) => Route::Direct(d),
+        let direct_down = self.direct_health.state() == PathState::Down;
+        let relay_down = self.relayed_health.state() == PathState::Down;
+        match (self.direct, self.relay) {
+            (Some(d), _) if self.direct_usable(now) => Route::Direct(d),
+            (_, Some(r)) if !relay_down => Route::Relayed(r),
+            (Some(d), _) if !direct_down => Route::Direct(d),
             (_, Some(r)) => Route::Relayed(r),
             (Some(d), None) => Route::Direct(d),
             (None, None) => Route::Everywhere,
@@ -156,7 +216,7 @@ impl Peer {
     /// `direct`, `relayed` or `connecting`, for status (given whether a session is up).
     pub fn connection_type(&self, connected: bool, now: Instant) -> &'static str {
         match self.route(now) {
-            Route::Direct(_) if connected && self.direct_is_fresh(now) => "direct",
+            Route::Direct(_) if connected && self.direct_usable(now) => "direct",
             Route::Relayed(_) if connected => "relayed",
             _ => "connecting",
         }
@@ -178,66 +238,234 @@ impl Peer {
     /// Sends one datagram of this peer's. Handshake initiations go everywhere while no direct
     /// path works (that is what punches the NATs and reaches the peer through its relay);
     /// everything else takes [`Peer::route`].
-    pub fn transmit(&self, payload: &[u8], now: Instant, io: &mut impl Io) {
+    pub fn transmit(&mut self, payload: &[u8], now: Instant, io: &mut impl Io) {
         let initiation = payload.first() == Some(&1);
         match self.route(now) {
-            Route::Direct(d) if !initiation || self.direct_is_fresh(now) => io.send_to(payload, d),
-            Route::Relayed(r) if !initiation => io.send_relayed(payload, r, self.member),
+            Route::Direct(d) if !initiation || self.direct_usable(now) => io.send_to(payload, d),
+            Route::Relayed(r) if !initiation => self.send_relayed(payload, r, io),
             _ => {
                 for dst in self.candidates() {
                     io.send_to(payload, dst);
                 }
-                if let Some(r) = self.relay() {
-                    io.send_relayed(payload, r, self.member);
+                if let Some(r) = self.relay {
+                    self.send_relayed(payload, r, io);
                 }
             }
         }
     }
 
-    /// Notes an authenticated datagram from `source` at `now`. True when it brought the
-    /// direct path up: the caller then answers straight away (see [`Peer::answer_punch`]).
-    pub fn handle_authenticated(&mut self, source: Source, now: Instant) -> bool {
+    fn send_relayed(&mut self, payload: &[u8], relay: SocketAddr, io: &mut impl Io) {
+        self.relayed_tx_bytes += payload.len() as u64;
+        io.send_relayed(payload, relay, self.member);
+    }
+
+    /// Notes game traffic (not probes) to or from the peer: its path is probed fast.
+    pub fn note_traffic(&mut self, now: Instant) {
+        self.last_traffic_at = Some(now);
+    }
+
+    /// Notes an authenticated datagram of `len` bytes from `source` at `now`. A direct one
+    /// names the peer's endpoint (a new endpoint starts a new direct path); one while the
+    /// direct path is not usable makes a direct probe due at once.
+    pub fn handle_authenticated(&mut self, source: Source, len: usize, now: Instant) {
         match source {
             Source::Direct(src) => {
                 if self.direct != Some(src) {
-                    log::debug!("peer {} is at {src}", self.config.name);
+                    if let Some(old) = self.direct {
+                        log::info!("peer {}: endpoint {old} -> {src}", self.config.name);
+                    } else {
+                        log::debug!("peer {} is at {src}", self.config.name);
+                    }
                     self.direct = Some(src);
+                    self.direct_health = PathHealth::new(now);
+                } else if !self.direct_usable(now) {
+                    self.direct_health.hurry(now);
                 }
-                let came_up = !self.direct_is_fresh(now);
-                if came_up {
-                    log::info!("peer {}: direct path up", self.config.name);
-                }
-                self.direct_rx_at = Some(now);
-                if self.time_to_direct.is_none() {
-                    self.time_to_direct = Some(now.saturating_duration_since(self.added_at));
-                }
-                came_up
             }
-            Source::Relayed { .. } => {
-                self.relayed_rx_at = Some(now);
-                false
+            Source::Relayed { .. } => self.relayed_rx_bytes += len as u64,
+        }
+    }
+
+    /// A probe arrived from `source` inside the tunnel: a request is answered on the path it
+    /// came by, a reply measures the path it came by.
+    pub fn handle_probe(
+        &mut self,
+        probe: Probe,
+        source: Source,
+        buf: &mut [u8],
+        now: Instant,
+        io: &mut impl Io,
+    ) {
+        match probe.kind {
+            Kind::Request => {
+                let reply = Probe {
+                    kind: Kind::Reply,
+                    seq: probe.seq,
+                };
+                if let Some(out) = self.encapsulate_probe(reply, buf) {
+                    if let Source::Relayed { .. } = source {
+                        self.relayed_tx_bytes += out.len() as u64;
+                    }
+                    source.reply(out, io);
+                }
+            }
+            Kind::Reply => match source {
+                Source::Direct(src) if Some(src) == self.direct => {
+                    if self.direct_health.on_reply(probe.seq, now) && self.time_to_direct.is_none()
+                    {
+                        self.time_to_direct = Some(now.saturating_duration_since(self.added_at));
+                    }
+                }
+                Source::Relayed { relay, .. } if Some(relay) == self.relay => {
+                    self.relayed_health.on_reply(probe.seq, now);
+                }
+                _ => {}
+            },
+        }
+    }
+
+    fn encapsulate_probe<'b>(&mut self, probe: Probe, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let packet = probe::encode(probe, self.own_ip, self.config.virtual_ip);
+        match self.tunn.encapsulate(&packet, buf) {
+            TunnResult::WriteToNetwork(out) => Some(out),
+            _ => None,
+        }
+    }
+
+    /// Sends the probes that are due (only while a session is up: a probe must not start a
+    /// handshake of its own).
+    pub fn poll_probes(&mut self, buf: &mut [u8], now: Instant, io: &mut impl Io) {
+        if !self.session_up() {
+            return;
+        }
+        let busy = self
+            .last_traffic_at
+            .is_some_and(|at| now.saturating_duration_since(at) < TRAFFIC_RECENT);
+        let route = self.route(now);
+        let role = |in_use: bool| match (in_use, busy) {
+            (true, true) => Role::Busy,
+            (true, false) => Role::Idle,
+            (false, true) => Role::Standby,
+            (false, false) => Role::IdleStandby,
+        };
+        if let Some(d) = self.direct.filter(|_| self.direct_health.due(now)) {
+            let seq = self.take_seq();
+            let request = Probe {
+                kind: Kind::Request,
+                seq,
+            };
+            if let Some(out) = self.encapsulate_probe(request, buf) {
+                io.send_to(out, d);
+                let in_use = matches!(route, Route::Direct(_));
+                self.direct_health.sent(seq, role(in_use), now);
+            }
+        }
+        if let Some(r) = self.relay.filter(|_| self.relayed_health.due(now)) {
+            let seq = self.take_seq();
+            let request = Probe {
+                kind: Kind::Request,
+                seq,
+            };
+            if let Some(out) = self.encapsulate_probe(request, buf) {
+                self.relayed_tx_bytes += out.len() as u64;
+                io.send_relayed(out, r, self.member);
+                let in_use = matches!(route, Route::Relayed(_));
+                self.relayed_health.sent(seq, role(in_use), now);
             }
         }
     }
 
-    /// Answers the packet that brought the direct path up with an authenticated keepalive
-    /// to where it came from. Punches (keepalives) get no answer from WireGuard, and once
-    /// our direct path is fresh we stop punching, so without this the peer would keep using
-    /// the relay until we happen to send it something straight (up to a persistent
-    /// keepalive later when we have no traffic for it).
-    pub fn answer_punch(&mut self, src: SocketAddr, buf: &mut [u8], io: &mut impl Io) {
-        if let boringtun::noise::TunnResult::WriteToNetwork(keepalive) =
-            self.tunn.encapsulate(&[], buf)
-        {
-            io.send_to(keepalive, src);
+    fn take_seq(&mut self) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        seq
+    }
+
+    /// Keeps the relay in use one we are bound at: the current one while bound, else the
+    /// meeting relay, else the first bound one.
+    pub fn choose_relay(&mut self, bound: &[SocketAddr], now: Instant) {
+        if self.relay.is_some_and(|r| bound.contains(&r)) {
+            return;
         }
+        let next = self
+            .config
+            .relay
+            .filter(|r| bound.contains(r))
+            .or_else(|| bound.first().copied());
+        self.use_relay(next, now);
+    }
+
+    fn use_relay(&mut self, relay: Option<SocketAddr>, now: Instant) {
+        if relay != self.relay {
+            self.relay = relay;
+            self.relayed_health = PathHealth::new(now);
+        }
+    }
+
+    /// Runs the paths' and the peer's health at `now`: lost probes, paths going down (a dead
+    /// relay is replaced by the next one we are bound at), the peer's state and path
+    /// switches, each logged once. Returns the peer's transition, if any.
+    pub fn poll_health(
+        &mut self,
+        bound: &[SocketAddr],
+        thresholds: &Thresholds,
+        now: Instant,
+    ) -> Option<Transition> {
+        let name = &self.config.name;
+        if self.direct_health.poll(now) {
+            log::info!(
+                "peer {name}: direct path {} stopped answering",
+                self.direct.map_or_else(|| "-".into(), |d| d.to_string())
+            );
+        }
+        if self.relayed_health.poll(now) {
+            let current = self.relay;
+            let next = current
+                .and_then(|c| bound.iter().position(|b| *b == c))
+                .map(|i| bound[(i + 1) % bound.len()])
+                .filter(|n| Some(*n) != current);
+            match next {
+                Some(n) => {
+                    log::info!(
+                        "peer {name}: relay {} stopped answering; trying relay {n}",
+                        current.map_or_else(|| "-".into(), |c| c.to_string())
+                    );
+                    self.use_relay(Some(n), now);
+                }
+                None => log::info!("peer {name}: relayed path stopped answering"),
+            }
+        }
+        let route = self.route(now);
+        if self.last_route.is_some_and(|last| last != route) && route != Route::Everywhere {
+            self.path_switches += 1;
+            log::info!("peer {}: traffic now {}", self.config.name, describe(route));
+        }
+        self.last_route = Some(route);
+        let direct = self.direct.map(|_| &self.direct_health);
+        let relayed = self.relay.map(|_| &self.relayed_health);
+        let paths: Vec<&PathHealth> = direct.into_iter().chain(relayed).collect();
+        let in_use = match route {
+            Route::Direct(_) => direct,
+            Route::Relayed(_) => relayed,
+            Route::Everywhere => None,
+        }
+        .filter(|p| p.stats().replies > 0);
+        let transition = self.health.update(&paths, in_use, thresholds, now)?;
+        log::info!(
+            "peer {}: {} -> {}: {}",
+            self.config.name,
+            transition.from.name(),
+            transition.to.name(),
+            transition.reason
+        );
+        Some(transition)
     }
 
     /// Whether to punch now (send an authenticated keepalive to every candidate); advances
     /// the schedule when it says yes. Only once a session is up: before, handshake
     /// retransmissions go everywhere anyway.
     pub fn poll_punch(&mut self, session_up: bool, now: Instant) -> bool {
-        if self.direct_is_fresh(now) {
+        if self.direct_usable(now) {
             self.punches = 0;
             self.next_punch_at = now + PUNCH_FAST;
             return false;
@@ -260,5 +488,13 @@ impl Peer {
         for dst in self.candidates() {
             io.send_to(keepalive, dst);
         }
+    }
+}
+
+fn describe(route: Route) -> String {
+    match route {
+        Route::Direct(d) => format!("direct to {d}"),
+        Route::Relayed(r) => format!("relayed via {r}"),
+        Route::Everywhere => "to every candidate".into(),
     }
 }

@@ -18,10 +18,12 @@ use ipnet::Ipv4Net;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::broadcast::{self, Dedup, OwnBroadcast, PeerBroadcast, RateLimit};
+use super::health::{PathStats, PeerState, Thresholds};
 use super::peer::{session_is_up, Peer, Source};
 use crate::identity::Key;
 use crate::nat::Prediction;
 use crate::wire::ip::Ipv4View;
+use crate::wire::probe;
 use crate::wire::relay::MemberId;
 use crate::wire::wg::{self, Datagram};
 
@@ -77,8 +79,24 @@ pub struct PeerStats {
     pub endpoint: Option<SocketAddr>,
     /// `direct`, `relayed` or `connecting`.
     pub connection_type: &'static str,
-    /// Whether we are bound at the relay we meet it at.
-    pub relay_bound: bool,
+    /// The relay we reach it through (one we are bound at), if any.
+    pub relay: Option<SocketAddr>,
+    /// Connecting, connected, degraded or failed.
+    pub state: PeerState,
+    /// How long it has been in that state.
+    pub state_for: Duration,
+    /// The direct path (to `endpoint`), once there is an endpoint.
+    pub direct_path: Option<PathStats>,
+    /// The relayed path (through `relay`), once there is a relay.
+    pub relayed_path: Option<PathStats>,
+    /// The path traffic takes: `direct_path` or `relayed_path`, if it has answered.
+    pub path_in_use: Option<PathStats>,
+    /// Times traffic moved from one path to another.
+    pub path_switches: u64,
+    /// Bytes of WireGuard datagrams sent through relays.
+    pub relayed_tx_bytes: u64,
+    /// Bytes of WireGuard datagrams received through relays.
+    pub relayed_rx_bytes: u64,
     /// How long after it was added the direct path first worked.
     pub time_to_direct: Option<Duration>,
     /// Time since the last completed handshake.
@@ -128,11 +146,17 @@ pub struct PeerTable {
     by_key: HashMap<Key, u32>,
     next_index: u32,
     buf: Vec<u8>,
+    /// Scratch for probes sent while `buf` holds a decrypted packet.
+    probe_buf: Vec<u8>,
     broadcast_rate: u32,
     broadcast_out: RateLimit,
     /// Relays we are bound at.
     bound: Vec<SocketAddr>,
     dedup: Dedup,
+    thresholds: Thresholds,
+    /// Peers removed after failing for `thresholds.cleanup_after`, by key: not added back
+    /// while the roster says the same of them, unless they start a handshake.
+    cleaned: HashMap<Key, PeerConfig>,
     /// What was dropped and why.
     pub drops: DropCounters,
     /// Our own broadcasts: replicated and dropped.
@@ -161,13 +185,22 @@ impl PeerTable {
             by_key: HashMap::new(),
             next_index: 1,
             buf: vec![0; BUF_LEN],
+            probe_buf: vec![0; 64 + probe::LEN],
             broadcast_rate,
             broadcast_out: RateLimit::new(broadcast_rate),
             bound: Vec::new(),
             dedup: Dedup::default(),
+            thresholds: Thresholds::default(),
+            cleaned: HashMap::new(),
             drops: DropCounters::default(),
             broadcast: OwnBroadcast::default(),
         }
+    }
+
+    /// The same table, with these health thresholds.
+    pub fn with_thresholds(mut self, thresholds: Thresholds) -> PeerTable {
+        self.thresholds = thresholds;
+        self
     }
 
     /// Makes the table match `configs`: adds new peers (and starts a handshake with each, so
@@ -180,6 +213,9 @@ impl PeerTable {
             .filter(|c| c.public_key != own)
             .map(|c| (c.public_key, c))
             .collect();
+        // A cleaned-up peer stays out while the roster says the same of it.
+        self.cleaned
+            .retain(|key, config| wanted.get(key).is_some_and(|w| w == config));
         let gone: Vec<Key> = self
             .by_key
             .keys()
@@ -208,18 +244,33 @@ impl PeerTable {
                     let reachable_anew = config.endpoints != peer.config.endpoints
                         || config.public_endpoint != peer.config.public_endpoint
                         || config.relay != peer.config.relay;
-                    peer.relay_bound = config.relay.is_some_and(|r| self.bound.contains(&r));
                     peer.config = config;
+                    peer.choose_relay(&self.bound, now);
                     if reachable_anew {
                         retry_handshake(peer, &mut self.buf, now, io);
                     }
                 }
+                None if self.cleaned.contains_key(&key) => {}
                 None => self.add(config, now, io),
             }
         }
     }
 
+    /// Adds a peer and starts a handshake with it.
     fn add(&mut self, config: PeerConfig, now: Instant, io: &mut impl Io) {
+        let index = self.insert(config, now);
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return;
+        };
+        if let TunnResult::WriteToNetwork(out) =
+            peer.tunn.format_handshake_initiation(&mut self.buf, false)
+        {
+            peer.transmit(out, now, io);
+        }
+    }
+
+    /// Adds a peer; returns its index.
+    fn insert(&mut self, config: PeerConfig, now: Instant) -> u32 {
         let index = self.next_index;
         self.next_index = (self.next_index % 0x00ff_ffff) + 1;
         let tunn = Tunn::new(
@@ -233,14 +284,10 @@ impl PeerTable {
         log::info!("peer {} ({}) added", config.name, config.virtual_ip);
         self.by_ip.insert(config.virtual_ip, index);
         self.by_key.insert(config.public_key, index);
-        let mut peer = Peer::new(config, tunn, self.broadcast_rate, now);
-        peer.relay_bound = peer.config.relay.is_some_and(|r| self.bound.contains(&r));
-        if let TunnResult::WriteToNetwork(out) =
-            peer.tunn.format_handshake_initiation(&mut self.buf, false)
-        {
-            peer.transmit(out, now, io);
-        }
+        let mut peer = Peer::new(config, tunn, self.own_ip, self.broadcast_rate, now);
+        peer.choose_relay(&self.bound, now);
         self.peers.insert(index, peer);
+        index
     }
 
     /// Number of peers.
@@ -272,6 +319,7 @@ impl PeerTable {
             }
             return;
         };
+        peer.note_traffic(now);
         match peer.tunn.encapsulate(packet, &mut self.buf) {
             TunnResult::WriteToNetwork(out) => peer.transmit(out, now, io),
             TunnResult::Err(e) => log::debug!("encapsulate for {}: {e:?}", peer.config.name),
@@ -326,7 +374,7 @@ impl PeerTable {
                     .limiter
                     .verify_packet(Some(src_ip), datagram, &mut self.buf)
                 {
-                    Ok(_) => self.initiator_index(datagram),
+                    Ok(_) => self.initiator_index(datagram, now),
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         source.reply(cookie, io);
                         return;
@@ -354,7 +402,7 @@ impl PeerTable {
                 // A cookie reply (type 3) is sent before authentication; anything else means
                 // the handshake message authenticated, so the peer is really at `source`.
                 if out.first() != Some(&3) {
-                    peer.handle_authenticated(source, now);
+                    peer.handle_authenticated(source, datagram.len(), now);
                 }
                 source.reply(out, io);
                 while let TunnResult::WriteToNetwork(out) = peer.tunn.decapsulate(None, &[], buf) {
@@ -362,15 +410,23 @@ impl PeerTable {
                 }
             }
             TunnResult::WriteToTunnelV4(packet, inner_source) => {
-                peer.handle_authenticated(source, now);
+                peer.handle_authenticated(source, datagram.len(), now);
                 let dst = Ipv4View::parse(packet).map(|ip| ip.dst()).ok();
-                if inner_source != peer.config.virtual_ip {
+                if inner_source == peer.config.virtual_ip && probe::is_probe_protocol(packet) {
+                    // Ours to answer or to measure with; never for the tun.
+                    if let Some(p) = probe::parse(packet) {
+                        let mut reply = [0u8; 64 + probe::LEN];
+                        peer.handle_probe(p, source, &mut reply, now, io);
+                    }
+                    peer.poll_probes(&mut self.probe_buf, now, io);
+                } else if inner_source != peer.config.virtual_ip {
                     self.drops.bad_source += 1;
                     log::trace!(
                         "dropped packet from {inner_source} inside {}'s tunnel",
                         peer.config.name
                     );
                 } else if dst == Some(self.own_ip) {
+                    peer.note_traffic(now);
                     io.write_tun(packet);
                 } else if dst.is_some_and(|d| broadcast::is_for_everyone(d, self.subnet)) {
                     // Duplicates first, so a second copy costs the sender no allowance.
@@ -393,8 +449,9 @@ impl PeerTable {
             // (Handshake responses are followed by our keepalive and need no special case.)
             // A punch that opens the direct path is answered, so both sides move to it.
             TunnResult::Done => {
-                if datagram.first() == Some(&4) && peer.handle_authenticated(source, now) {
-                    peer.answer_punch(source.addr(), buf, io);
+                if datagram.first() == Some(&4) {
+                    peer.handle_authenticated(source, datagram.len(), now);
+                    peer.poll_probes(&mut self.probe_buf, now, io);
                 }
             }
             TunnResult::Err(e) => {
@@ -408,21 +465,28 @@ impl PeerTable {
     /// A peer newly reachable through a relay gets a handshake through it at once.
     pub fn set_bound_relays(&mut self, bound: Vec<SocketAddr>, now: Instant, io: &mut impl Io) {
         for peer in self.peers.values_mut() {
-            let was = peer.relay_bound;
-            peer.relay_bound = peer.config.relay.is_some_and(|r| bound.contains(&r));
-            if peer.relay_bound && !was {
+            let had = peer.relay.is_some();
+            peer.choose_relay(&bound, now);
+            if peer.relay.is_some() && !had {
                 retry_handshake(peer, &mut self.buf, now, io);
             }
         }
         self.bound = bound;
     }
 
-    fn initiator_index(&self, datagram: &[u8]) -> Option<u32> {
+    /// The peer a handshake initiation is from. A cleaned-up peer that starts a handshake is
+    /// back: it is added again (with the roster's last word on it).
+    fn initiator_index(&mut self, datagram: &[u8], now: Instant) -> Option<u32> {
         let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(datagram) else {
             return None;
         };
         let half = parse_handshake_anon(&self.secret, &self.public, &init).ok()?;
-        self.by_key.get(&Key(half.peer_static_public)).copied()
+        let key = Key(half.peer_static_public);
+        if let Some(config) = self.cleaned.remove(&key) {
+            log::info!("peer {} ({}) is back", config.name, config.virtual_ip);
+            self.insert(config, now);
+        }
+        self.by_key.get(&key).copied()
     }
 
     /// Runs WireGuard's timers (every 250 ms while traffic flows, every second or so when
@@ -450,6 +514,34 @@ impl PeerTable {
                     peer.punch(keepalive, io);
                 }
             }
+            peer.poll_health(&self.bound, &self.thresholds, now);
+            peer.poll_probes(&mut self.buf, now, io);
+        }
+        self.clean_up(now);
+    }
+
+    /// Removes peers failed for `cleanup_after`. They come back when they start a handshake
+    /// or the roster says something new of them.
+    fn clean_up(&mut self, now: Instant) {
+        let due: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.health().due_for_cleanup(&self.thresholds, now))
+            .map(|(i, _)| *i)
+            .collect();
+        for index in due {
+            let Some(peer) = self.peers.remove(&index) else {
+                continue;
+            };
+            self.by_ip.remove(&peer.config.virtual_ip);
+            self.by_key.remove(&peer.config.public_key);
+            log::info!(
+                "peer {} ({}) removed: failed for {} s",
+                peer.config.name,
+                peer.config.virtual_ip,
+                self.thresholds.cleanup_after.as_secs()
+            );
+            self.cleaned.insert(peer.config.public_key, peer.config);
         }
     }
 
@@ -465,7 +557,18 @@ impl PeerTable {
                     config: p.config.clone(),
                     endpoint: p.direct,
                     connection_type: p.connection_type(connected, now),
-                    relay_bound: p.relay_bound,
+                    relay: p.relay,
+                    state: p.health().state(),
+                    state_for: now.saturating_duration_since(p.health().since()),
+                    direct_path: p.direct_health().map(|h| h.stats()),
+                    relayed_path: p.relayed_health().map(|h| h.stats()),
+                    path_in_use: p
+                        .path_in_use(now)
+                        .map(|h| h.stats())
+                        .filter(|s| s.replies > 0),
+                    path_switches: p.path_switches,
+                    relayed_tx_bytes: p.relayed_tx_bytes,
+                    relayed_rx_bytes: p.relayed_rx_bytes,
                     time_to_direct: p.time_to_direct,
                     since_handshake: since,
                     rx_bytes: rx as u64,
@@ -655,6 +758,7 @@ mod tests {
         let dsts: Vec<_> = a.io.sent.iter().map(|(_, d)| *d).collect();
         assert_eq!(dsts, vec![other, b.addr]);
         exchange(&mut a, &mut b);
+        a.io.sent.clear();
         a.table
             .handle_tun_packet(&ipv4(a.vip, b.vip, b"x"), a.now, &mut a.io);
         let dsts: Vec<_> = a.io.sent.iter().map(|(_, d)| *d).collect();

@@ -16,6 +16,7 @@ use super::members::{ping_seq, MemberNode, RelayNode, TicketDesk, Via};
 use super::scenarios::{member, place_of, world, Classify};
 use super::stun_host::StunHost;
 use super::{Datagram, HostId, Node, Sim, DEFAULT_LATENCY};
+use crate::dataplane::health::PROBE_STANDBY;
 use crate::dataplane::peer::{PUNCH_FAST, PUNCH_HOPELESS};
 use crate::dataplane::peers::PeerStats;
 use crate::nat::classify::TRANSACTION_TIMEOUT;
@@ -209,7 +210,13 @@ fn every_pair_of_nat_models_connects_directly_where_punching_can_work_and_relaye
                 );
             }
             if expected == "direct" {
-                assert_eq!(relayed, 0, "{a:?}-{b:?}: the relay carried nothing");
+                // Only the standby probes of the relayed path: a request and a reply each
+                // way every PROBE_STANDBY.
+                let probes = 4 * (150 / PROBE_STANDBY.as_secs() + 1);
+                assert!(
+                    relayed <= probes,
+                    "{a:?}-{b:?}: the relay carried {relayed} (probes: {probes})"
+                );
             } else {
                 // At least every ping both ways went through the relay.
                 assert!(
@@ -282,7 +289,12 @@ fn traffic_starts_on_the_relay_and_moves_to_direct_as_soon_as_a_punch_answers() 
     let [Some(a_direct), Some(b_direct)] = direct_at else {
         panic!("direct after {direct_at:?}");
     };
-    assert!(b_direct <= PUNCH_FAST + DEFAULT_LATENCY, "B: {b_direct:?}");
+    // B's probe (sent when the punch arrives) comes back one round trip later; A's (sent
+    // when B's probe arrives) one one-way latency after that.
+    assert!(
+        b_direct <= PUNCH_FAST + 3 * DEFAULT_LATENCY,
+        "B: {b_direct:?}"
+    );
     assert_eq!(a_direct, b_direct + DEFAULT_LATENCY, "A: {a_direct:?}");
     assert_eq!(
         peer_of(&lab.a.1, lab.sim.now()).time_to_direct,

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod ip;
+pub mod probe;
 pub mod relay;
 pub mod stun;
 pub mod wg;
