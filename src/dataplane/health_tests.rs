@@ -168,7 +168,7 @@ fn loss_counts_unanswered_probes_of_the_window() {
     let n = std::cell::Cell::new(0u32);
     d.run(t0 + Duration::from_secs(30), Role::Busy, |_| {
         n.set(n.get() + 1);
-        (n.get() % 4 != 0).then_some(ms(10))
+        (!n.get().is_multiple_of(4)).then_some(ms(10))
     });
     let loss = d.path.stats().loss.unwrap();
     assert!((loss - 0.25).abs() < 0.07, "{loss}");

@@ -311,8 +311,8 @@ impl Peer {
             }
             Kind::Reply => match source {
                 Source::Direct(src) if Some(src) == self.direct => {
-                    if self.direct_health.on_reply(probe.seq, now) && self.time_to_direct.is_none()
-                    {
+                    let matched = self.direct_health.on_reply(probe.seq, now);
+                    if matched && self.time_to_direct.is_none() {
                         self.time_to_direct = Some(now.saturating_duration_since(self.added_at));
                     }
                 }
