@@ -52,7 +52,7 @@ pub struct Thresholds {
     pub degraded_rtt: Duration,
     /// Loss (a fraction of the last [`LOSS_WINDOW`] probes) at or above this: degraded.
     pub degraded_loss: f64,
-    /// No reply on any path for this long after a probe: failed.
+    /// Every path down and no reply on any for this long: failed.
     pub failed_after: Duration,
     /// Failed for this long: removed from the data plane.
     pub cleanup_after: Duration,
@@ -129,6 +129,8 @@ pub struct PathHealth {
     next_probe_at: Instant,
     unanswered: u32,
     first_unanswered_at: Option<Instant>,
+    last_reply_at: Option<Instant>,
+    last_sent_at: Option<Instant>,
     up_since: Option<Instant>,
     was_down: bool,
     srtt_us: Option<f64>,
@@ -150,6 +152,8 @@ impl PathHealth {
             next_probe_at: now,
             unanswered: 0,
             first_unanswered_at: None,
+            last_reply_at: None,
+            last_sent_at: None,
             up_since: None,
             was_down: false,
             srtt_us: None,
@@ -187,9 +191,17 @@ impl PathHealth {
         self.next_probe_at
     }
 
-    /// Makes a probe due now (the path just showed signs of life or of change).
+    /// Makes a probe due now (the path just showed signs of life or of change), but never
+    /// sooner than [`PROBE_FAST`] after the last one: a path is probed at most that often,
+    /// whatever arrives on it.
     pub fn hurry(&mut self, now: Instant) {
-        self.next_probe_at = self.next_probe_at.min(now);
+        let earliest = self.last_sent_at.map_or(now, |at| now.max(at + PROBE_FAST));
+        self.next_probe_at = self.next_probe_at.min(earliest);
+    }
+
+    /// Makes the next probe due no later than `at` (traffic just started on the path).
+    pub fn due_by(&mut self, at: Instant) {
+        self.next_probe_at = self.next_probe_at.min(at);
     }
 
     /// Whether a probe is due.
@@ -204,6 +216,7 @@ impl PathHealth {
             self.record(true);
         }
         self.outstanding.push_back((seq, now));
+        self.last_sent_at = Some(now);
         self.probes_sent += 1;
         self.unanswered += 1;
         self.first_unanswered_at.get_or_insert(now);
@@ -237,6 +250,7 @@ impl PathHealth {
         self.record(rtt >= LOST_AFTER);
         self.sample(rtt);
         self.replies += 1;
+        self.last_reply_at = Some(now);
         self.unanswered = 0;
         self.first_unanswered_at = None;
         // Probes older than this one will not be answered any more: lost.
@@ -348,7 +362,7 @@ pub enum PeerState {
     Connected,
     /// Answering, but slow or lossy on the path in use.
     Degraded,
-    /// No reply on any path for [`Thresholds::failed_after`].
+    /// Every path down, and no reply on any for [`Thresholds::failed_after`].
     Failed,
 }
 
@@ -477,13 +491,15 @@ impl PeerHealth {
     }
 }
 
-/// Since when no probed path has answered: the latest of their oldest unanswered probes,
-/// or `None` when some probed path has nothing unanswered (it is answering).
+/// Since when no path has answered, once every probed path is down: the latest reply on
+/// any of them. `None` while some probed path is not down (it answers, or may yet).
 fn silent_since(paths: &[&PathHealth]) -> Option<Instant> {
     let mut latest = None;
     for p in paths.iter().filter(|p| p.probes_sent > 0) {
-        let at = p.first_unanswered_at?;
-        latest = Some(latest.map_or(at, |l: Instant| l.max(at)));
+        if p.state != PathState::Down {
+            return None;
+        }
+        latest = latest.max(p.last_reply_at);
     }
     latest
 }

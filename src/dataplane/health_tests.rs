@@ -220,7 +220,9 @@ fn peer_goes_connected_degraded_failed_and_back() {
     // third sample: 10 → 107.5 → 180.6 → 235.5 ms.
     let mut now = t0 + ms(500);
     let mut degraded_after = None;
-    for seq in 2..10 {
+    let mut seq = 1;
+    for n in 2..10 {
+        seq = n;
         path.sent(seq, Role::Busy, now);
         now += ms(400);
         path.on_reply(seq, now);
@@ -231,31 +233,33 @@ fn peer_goes_connected_degraded_failed_and_back() {
                 "{}",
                 tr.reason
             );
-            degraded_after = Some(seq - 1);
+            degraded_after = Some(n - 1);
             break;
         }
         now += ms(100);
     }
     assert_eq!(degraded_after, Some(3));
 
-    // Silence: failed exactly failed_after after the first unanswered probe.
-    let quiet = now + ms(100);
-    path.sent(100, Role::Busy, quiet);
-    for step in 1..=200u64 {
-        let at = quiet + ms(step * 50);
+    // Silence: the path goes down, and the peer is failed exactly failed_after after the
+    // last reply.
+    let last_reply = now;
+    let mut at = now;
+    let mut failed_at = None;
+    while failed_at.is_none() && at < last_reply + Duration::from_secs(20) {
+        at += ms(50);
+        if path.due(at) {
+            seq += 1;
+            path.sent(seq, Role::Busy, at);
+        }
         path.poll(at);
-        if at.duration_since(quiet) < t.failed_after {
-            assert_ne!(
-                h.update(&[&path], Some(&path), &t, at).map(|x| x.to),
-                Some(PeerState::Failed)
-            );
-        } else {
-            let tr = h.update(&[&path], Some(&path), &t, at).unwrap();
-            assert_eq!(tr.to, PeerState::Failed);
-            assert_eq!(at.duration_since(quiet), t.failed_after);
-            break;
+        if let Some(tr) = h.update(&[&path], Some(&path), &t, at) {
+            assert_eq!(tr.to, PeerState::Failed, "{tr:?}");
+            assert_eq!(tr.reason, "no reply on any path for 10.0 s");
+            failed_at = Some(at);
         }
     }
+    assert_eq!(path.state(), PathState::Down);
+    assert_eq!(failed_at, Some(last_reply + t.failed_after));
     assert_eq!(h.state(), PeerState::Failed);
     let failed_at = h.since();
     assert!(!h.due_for_cleanup(&t, failed_at + t.cleanup_after - ms(1)));

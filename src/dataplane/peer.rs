@@ -24,7 +24,9 @@ use std::net::Ipv4Addr;
 use boringtun::noise::{Tunn, TunnResult};
 
 use super::broadcast::{PeerBroadcast, RateLimit};
-use super::health::{PathHealth, PathState, PeerHealth, Role, Thresholds, Transition};
+use super::health::{
+    PathHealth, PathState, PeerHealth, Role, Thresholds, Transition, PROBE_FAST, PROBE_STANDBY,
+};
 use super::peers::{Io, PeerConfig};
 use crate::nat::Prediction;
 use crate::wire::probe::{self, Kind, Probe};
@@ -259,9 +261,22 @@ impl Peer {
         io.send_relayed(payload, relay, self.member);
     }
 
-    /// Notes game traffic (not probes) to or from the peer: its path is probed fast.
+    /// Notes game traffic (not probes) to or from the peer: its path is probed fast. When
+    /// traffic starts after a quiet spell, the next probes come sooner too (the idle
+    /// schedule may have them 15 s away).
     pub fn note_traffic(&mut self, now: Instant) {
+        let was_quiet = self
+            .last_traffic_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= TRAFFIC_RECENT);
         self.last_traffic_at = Some(now);
+        if was_quiet {
+            let (in_use, standby) = match self.route(now) {
+                Route::Relayed(_) => (&mut self.relayed_health, &mut self.direct_health),
+                _ => (&mut self.direct_health, &mut self.relayed_health),
+            };
+            in_use.due_by(now + PROBE_FAST);
+            standby.due_by(now + PROBE_STANDBY);
+        }
     }
 
     /// Notes an authenticated datagram of `len` bytes from `source` at `now`. A direct one
@@ -412,13 +427,17 @@ impl Peer {
         now: Instant,
     ) -> Option<Transition> {
         let name = &self.config.name;
+        // A path going down makes the other one's next probe due at once: it is about to
+        // carry the traffic, or to tell whether the peer is gone.
         if self.direct_health.poll(now) {
             log::info!(
                 "peer {name}: direct path {} stopped answering",
                 self.direct.map_or_else(|| "-".into(), |d| d.to_string())
             );
+            self.relayed_health.hurry(now);
         }
         if self.relayed_health.poll(now) {
+            self.direct_health.hurry(now);
             let current = self.relay;
             let next = current
                 .and_then(|c| bound.iter().position(|b| *b == c))

@@ -10,12 +10,16 @@
 //! not modelled.
 
 #[cfg(test)]
+mod health_scenarios;
+#[cfg(test)]
 mod member_scenarios;
 pub mod members;
 pub mod nat_box;
 #[cfg(test)]
 mod scenarios;
 pub mod stun_host;
+#[cfg(test)]
+mod two_members;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -71,6 +75,9 @@ struct InFlight {
 /// Decides per datagram (after NAT translation on the way out) whether it is lost.
 pub type Loss = Box<dyn FnMut(&Datagram) -> bool>;
 
+/// Extra one-way delay per datagram (after NAT translation on the way out).
+pub type Delay = Box<dyn FnMut(&Datagram) -> Duration>;
+
 /// What happened to the datagrams sent so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -94,6 +101,7 @@ pub struct Sim {
     in_flight: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     loss: Loss,
+    delay: Delay,
     /// Fates of datagrams so far.
     pub counters: Counters,
 }
@@ -120,6 +128,7 @@ impl Sim {
             in_flight: BinaryHeap::new(),
             seq: 0,
             loss: Box::new(|_| false),
+            delay: Box::new(|_| Duration::ZERO),
             counters: Counters::default(),
         }
     }
@@ -169,6 +178,18 @@ impl Sim {
         &self.nats[nat.0]
     }
 
+    /// Replaces the extra-delay model (`tc netem delay` on some paths).
+    pub fn set_delay(&mut self, delay: impl FnMut(&Datagram) -> Duration + 'static) {
+        self.delay = Box::new(delay);
+    }
+
+    /// Flushes the mappings of the NAT `host` is behind (a router's `conntrack -F`).
+    pub fn flush_nat_of(&mut self, host: HostId) {
+        if let Some(nat) = self.hosts[host.0].behind {
+            self.nats[nat.0].flush();
+        }
+    }
+
     /// Sends `datagram` from `host` now: through its NAT, if any, then the loss model.
     pub fn send(&mut self, host: HostId, mut datagram: Datagram) {
         let h = &self.hosts[host.0];
@@ -185,8 +206,9 @@ impl Sim {
             return;
         }
         self.seq += 1;
+        let extra = (self.delay)(&datagram);
         self.in_flight.push(Reverse(InFlight {
-            at: self.now + self.latency,
+            at: self.now + self.latency + extra,
             seq: self.seq,
             datagram,
         }));

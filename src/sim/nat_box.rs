@@ -122,6 +122,12 @@ impl NatBox {
         &self.mappings
     }
 
+    /// Forgets every mapping, as `conntrack -F` on a router does: the next outbound datagram
+    /// of each flow gets a new public port.
+    pub fn flush(&mut self) {
+        self.mappings.clear();
+    }
+
     fn expire(&mut self, now: Instant) {
         let timeout = self.model.timeout;
         self.mappings
