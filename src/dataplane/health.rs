@@ -31,7 +31,7 @@ pub const PROBE_IDLE_STANDBY: Duration = Duration::from_secs(60);
 /// down.
 pub const DOWN_AFTER: Duration = Duration::from_millis(1500);
 /// Unanswered probes in a row before a path can be down.
-pub const DOWN_PROBES: u32 = 3;
+pub const DOWN_PROBES: u32 = 4;
 /// A probe unanswered this long counts as lost (a later reply is still an RTT sample).
 pub const LOST_AFTER: Duration = Duration::from_secs(2);
 /// A path that was down takes traffic again after answering for this long.
