@@ -228,3 +228,43 @@ pub(super) fn host(argv: &[String]) -> Result<(), Failure> {
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        Args::parse("join", &argv, &crate::cli::JOIN).unwrap()
+    }
+
+    #[test]
+    fn threshold_flags_reach_the_data_plane_in_its_units() {
+        assert_eq!(
+            thresholds(&args(&["c"])).unwrap(),
+            Thresholds::default(),
+            "defaults: 200 ms, 25 %, 10 s, 300 s"
+        );
+        let t = thresholds(&args(&[
+            "c",
+            "--degraded-rtt",
+            "150",
+            "--degraded-loss",
+            "10",
+            "--failed-after",
+            "4",
+            "--cleanup-after",
+            "60",
+        ]))
+        .unwrap();
+        assert_eq!(
+            t,
+            Thresholds {
+                degraded_rtt: Duration::from_millis(150),
+                degraded_loss: 0.1,
+                failed_after: Duration::from_secs(4),
+                cleanup_after: Duration::from_secs(60),
+            }
+        );
+    }
+}
