@@ -248,21 +248,25 @@ pub fn render_table(status: &Status) -> String {
         let _ = writeln!(out, "\nno peers yet");
         return out;
     }
-    let rows: Vec<[String; 9]> = status
+    let rows: Vec<[String; 12]> = status
         .peers
         .iter()
         .map(|p| {
             [
                 p.name.clone(),
                 p.virtual_ip.to_string(),
-                p.state.clone(),
-                p.connection_type.clone(),
+                format!("{} {}", p.state, human_duration(p.state_for_s)),
+                path_cell(p),
                 or_dash(&p.endpoint),
-                p.latency_ms
-                    .map_or_else(|| "-".into(), |ms| format!("{ms:.1}ms")),
+                p.rtt_ms
+                    .or(p.latency_ms)
+                    .map_or_else(dash, |ms| format!("{ms:.1}ms")),
+                p.jitter_ms.map_or_else(dash, |ms| format!("{ms:.1}ms")),
+                p.loss_percent.map_or_else(dash, |l| format!("{l:.0}%")),
                 p.last_handshake_s
-                    .map_or_else(|| "-".into(), |s| format!("{s}s ago")),
+                    .map_or_else(dash, |s| format!("{s}s ago")),
                 format!("{}/{}", human_bytes(p.rx_bytes), human_bytes(p.tx_bytes)),
+                p.time_to_direct_s.map_or_else(dash, |s| format!("{s:.1}s")),
                 format!("{}/{}", p.broadcast.received, p.broadcast.sent),
             ]
         })
@@ -274,8 +278,11 @@ pub fn render_table(status: &Status) -> String {
         "PATH",
         "ENDPOINT",
         "RTT",
+        "JITTER",
+        "LOSS",
         "HANDSHAKE",
         "RX/TX",
+        "TO DIRECT",
         "BCAST RX/TX",
     ];
     let mut widths = header.map(str::len);
@@ -294,6 +301,28 @@ pub fn render_table(status: &Status) -> String {
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out
+}
+
+fn dash() -> String {
+    "-".into()
+}
+
+/// `direct`, `relayed via RELAY` or `connecting`.
+fn path_cell(p: &PeerStatus) -> String {
+    match (p.connection_type.as_str(), &p.relay) {
+        ("relayed", Some(relay)) => format!("relayed via {relay}"),
+        (other, _) => other.to_string(),
+    }
+}
+
+/// `12s`, `3m04s`, `2h05m`: how long a peer has been in its state.
+fn human_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
 }
 
 fn human_bytes(n: u64) -> String {
@@ -412,13 +441,119 @@ mod tests {
         assert_eq!(v["party"]["name"], "friday");
     }
 
+    /// A second peer: relayed, degraded, never direct.
+    fn relayed_peer() -> PeerStatus {
+        let mut p = sample().peers[0].clone();
+        p.name = "carol".into();
+        p.virtual_ip = Ipv4Addr::new(10, 66, 0, 3);
+        p.endpoint = None;
+        p.state = "degraded".into();
+        p.state_for_s = 75.4;
+        p.connection_type = "relayed".into();
+        p.relay = Some("192.0.2.1:3478".into());
+        p.latency_ms = Some(250.0);
+        p.rtt_ms = Some(250.0);
+        p.jitter_ms = Some(30.46);
+        p.loss_percent = Some(25.0);
+        p.last_handshake_s = None;
+        p.time_to_direct_s = None;
+        p.rx_bytes = 0;
+        p.tx_bytes = 3 * 1024 * 1024;
+        p.broadcast = PeerBroadcastStatus::default();
+        p
+    }
+
+    /// The cells of the table row that starts with `name` (cells are two or more spaces
+    /// apart; a cell has single spaces at most).
+    fn cells(table: &str, name: &str) -> Vec<String> {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{table}"));
+        row.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     #[test]
-    fn table_lists_each_peer() {
+    fn table_shows_state_path_and_probe_measurements_of_each_peer() {
+        let mut status = sample();
+        status.peers.push(relayed_peer());
+        let table = render_table(&status);
+        assert_eq!(
+            cells(&table, "NAME"),
+            [
+                "NAME",
+                "VIRTUAL IP",
+                "STATE",
+                "PATH",
+                "ENDPOINT",
+                "RTT",
+                "JITTER",
+                "LOSS",
+                "HANDSHAKE",
+                "RX/TX",
+                "TO DIRECT",
+                "BCAST RX/TX"
+            ]
+        );
+        assert_eq!(
+            cells(&table, "bob"),
+            [
+                "bob",
+                "10.66.0.2",
+                "connected 12s",
+                "direct",
+                "192.0.2.2:51820",
+                "0.4ms",
+                "0.1ms",
+                "0%",
+                "3s ago",
+                "2.0KiB/10B",
+                "0.5s",
+                "7/4"
+            ]
+        );
+        assert_eq!(
+            cells(&table, "carol"),
+            [
+                "carol",
+                "10.66.0.3",
+                "degraded 1m15s",
+                "relayed via 192.0.2.1:3478",
+                "-",
+                "250.0ms",
+                "30.5ms",
+                "25%",
+                "-",
+                "0B/3.0MiB",
+                "-",
+                "0/0"
+            ]
+        );
+        let header = table.lines().find(|l| l.starts_with("NAME")).unwrap();
+        let carol = table.lines().find(|l| l.starts_with("carol")).unwrap();
+        assert_eq!(
+            header.find("PATH"),
+            carol.find("relayed"),
+            "columns line up: {table}"
+        );
+    }
+
+    #[test]
+    fn state_durations_read_as_seconds_minutes_or_hours() {
+        assert_eq!(human_duration(0.2), "0s");
+        assert_eq!(human_duration(59.9), "59s");
+        assert_eq!(human_duration(60.0), "1m00s");
+        assert_eq!(human_duration(3599.0), "59m59s");
+        assert_eq!(human_duration(7500.0), "2h05m");
+    }
+
+    #[test]
+    fn table_keeps_the_nat_and_lan_lines_and_says_when_there_are_no_peers() {
         let table = render_table(&sample());
-        let row = table.lines().find(|l| l.starts_with("bob")).unwrap();
-        assert!(row.contains("10.66.0.2") && row.contains("connected") && row.contains("direct"));
-        assert!(row.contains("2.0KiB/10B"), "{row}");
-        assert!(row.ends_with("7/4"), "broadcast received/sent: {row}");
         let nat = table.lines().find(|l| l.starts_with("nat")).unwrap();
         assert_eq!(
             nat,
@@ -429,5 +564,10 @@ mod tests {
             lan,
             "lan     broadcast sent 4, received 7, dropped 1 ours + 2 from peers; limit 200/s, route on"
         );
+        let mut alone = sample();
+        alone.peers.clear();
+        let table = render_table(&alone);
+        assert!(table.ends_with("\nno peers yet\n"), "{table}");
+        assert!(!table.contains("NAME"), "{table}");
     }
 }

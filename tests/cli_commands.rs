@@ -324,3 +324,119 @@ fn a_bad_config_file_is_named_with_its_line_and_changes_nothing() {
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bad_health_thresholds_and_metrics_addresses_exit_3_naming_the_flag() {
+    let dir = temp_dir("health");
+    let state = dir.join("state");
+    let registry = dir.join("registry.json");
+    let code = format!("file:{}#abcdef", registry.display());
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--degraded-rtt", "0"],
+            "--degraded-rtt 0: must be between 1 and 10000 ms",
+        ),
+        (
+            &["--degraded-rtt", "10001"],
+            "--degraded-rtt 10001: must be between 1 and 10000 ms",
+        ),
+        (
+            &["--degraded-rtt", "fast"],
+            "--degraded-rtt: invalid value \"fast\"",
+        ),
+        (
+            &["--degraded-loss", "0"],
+            "--degraded-loss 0: must be between 1 and 100 percent",
+        ),
+        (
+            &["--degraded-loss", "101"],
+            "--degraded-loss 101: must be between 1 and 100 percent",
+        ),
+        (
+            &["--degraded-loss", "-5"],
+            "--degraded-loss: invalid value \"-5\"",
+        ),
+        (
+            &["--failed-after", "1"],
+            "--failed-after 1: must be between 2 and 3600 seconds",
+        ),
+        (
+            &["--cleanup-after", "0"],
+            "--cleanup-after 0: must be between 1 and 86400 seconds",
+        ),
+        (
+            &["--cleanup-after", "99999"],
+            "--cleanup-after 99999: must be between 1 and 86400 seconds",
+        ),
+        (&["--metrics", "9588"], "--metrics: invalid value \"9588\""),
+        (
+            &["--metrics", "localhost:9588"],
+            "--metrics: invalid value \"localhost:9588\"",
+        ),
+        (
+            &["--metrics", "127.0.0.1:0"],
+            "--metrics: give the port to serve on",
+        ),
+    ];
+    for (flags, needle) in cases {
+        for command in ["join", "host"] {
+            let first = if command == "join" {
+                code.as_str()
+            } else {
+                "friday"
+            };
+            let mut argv = vec![command, first, "--state-dir", state.to_str().unwrap()];
+            argv.extend_from_slice(flags);
+            let out = run(&argv);
+            assert_eq!(out.status.code(), Some(3), "{argv:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains(needle), "{argv:?}: {}", stderr(&out));
+        }
+    }
+    let env = bin()
+        .args(["join", &code, "--state-dir", state.to_str().unwrap()])
+        .env("LANPARTY_DEGRADED_LOSS", "200")
+        .output()
+        .unwrap();
+    assert_eq!(env.status.code(), Some(3), "{}", stderr(&env));
+    assert!(
+        stderr(&env).contains("--degraded-loss 200"),
+        "{}",
+        stderr(&env)
+    );
+    assert!(!registry.exists(), "nothing joined");
+    assert!(!state.join("host").exists(), "host started nothing");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_metrics_port_in_use_exits_3_before_joining() {
+    let dir = temp_dir("metrics-busy");
+    let registry = dir.join("registry.json");
+    let created = run(&[
+        "create",
+        "friday",
+        "--control",
+        &format!("file:{}", registry.display()),
+    ]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let code = stdout(&created).lines().last().unwrap().to_string();
+    let before = fs::read(&registry).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(&[
+        "join",
+        &code,
+        "--state-dir",
+        dir.join("state").to_str().unwrap(),
+        "--metrics",
+        &addr,
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("--metrics {addr}: cannot listen: ")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(&registry).unwrap(), before, "no member joined");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,19 +2,23 @@
 //! [`HostOptions`]) in one place.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::args::{Args, Spec};
 use super::{default_name, state_dir, COMMANDS, JOIN};
 use crate::control::{registry, JoinCode};
 use crate::daemon::host::{self, HostOptions};
 use crate::daemon::{self, MemberOptions};
+use crate::dataplane::health::Thresholds;
 use crate::dataplane::{broadcast, tun_device};
 use crate::failure::Failure;
 
 pub(super) const HELP_HOST: &str = "\
 Usage: lanparty-lite host NAME [--listen ADDR:PORT] [--advertise IP:PORT] [--name NAME]
                           [--interface IF] [--listen-port PORT] [--mtu N] [--broadcast-route]
-                          [--broadcast-rate N] [--state-dir DIR] [--syslog]
+                          [--broadcast-rate N] [--metrics ADDR:PORT] [--degraded-rtt MS]
+                          [--degraded-loss PERCENT] [--failed-after S] [--cleanup-after S]
+                          [--state-dir DIR] [--syslog]
 
 Runs a whole party in this process, no other infrastructure needed: the control server (HTTP
 on TCP PORT), its STUN responder (UDP PORT and PORT+1), a relay (UDP PORT+2), the party NAME,
@@ -25,7 +29,22 @@ as party.join_code). State (registry, keys, relay secret, the party's code) stay
   --advertise IP:PORT the address members reach this host at (default: --listen, or this
                       machine's first IPv4 address when listening on all)
   Member options as for `join`: --name, --interface, --listen-port, --mtu, --broadcast-route,
-  --broadcast-rate, --state-dir, --syslog.";
+  --broadcast-rate, --metrics, --degraded-rtt, --degraded-loss, --failed-after,
+  --cleanup-after, --state-dir, --syslog.";
+
+/// Help for the flags `join` and `host` share, appended to `join --help`.
+pub(super) const HELP_HEALTH: &str = "\
+Health and metrics (for `host` too):
+  --metrics ADDR:PORT serve Prometheus metrics at http://ADDR:PORT/metrics (default: off;
+                      e.g. 127.0.0.1:9588)
+  --degraded-rtt MS   a peer whose path in use has a smoothed RTT above this is degraded
+                      (default 200, 1 to 10000)
+  --degraded-loss PERCENT
+                      ... or loses at least this share of its probes (default 25, 1 to 100)
+  --failed-after S    a peer that answers no probe on any path for this long is failed
+                      (default 10, 2 to 3600)
+  --cleanup-after S   a peer failed for this long is removed until it handshakes again
+                      (default 300, 1 to 86400)";
 
 /// `host`'s flags.
 pub(super) const HOST: Spec = Spec {
@@ -38,6 +57,11 @@ pub(super) const HOST: Spec = Spec {
         "mtu",
         "broadcast-rate",
         "state-dir",
+        "metrics",
+        "degraded-rtt",
+        "degraded-loss",
+        "failed-after",
+        "cleanup-after",
     ],
     repeatable: &[],
     switches: &["broadcast-route", "syslog"],
@@ -70,6 +94,12 @@ fn member_options(args: &Args, code: JoinCode) -> Result<MemberOptions, Failure>
             broadcast::MAX_RATE_PER_S
         )));
     }
+    let metrics: Option<SocketAddr> = args.parsed("metrics")?;
+    if metrics.is_some_and(|m| m.port() == 0) {
+        return Err(Failure::Input(
+            "--metrics: give the port to serve on, e.g. 127.0.0.1:9588".into(),
+        ));
+    }
     Ok(MemberOptions {
         code,
         name,
@@ -81,6 +111,63 @@ fn member_options(args: &Args, code: JoinCode) -> Result<MemberOptions, Failure>
         broadcast_route: args.switch("broadcast-route"),
         replace: args.switch("replace"),
         relay: args.parsed("relay")?,
+        metrics,
+        thresholds: thresholds(args)?,
+    })
+}
+
+/// A whole-number flag in `min..=max`, or `default` when absent.
+fn bounded(
+    args: &Args,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> Result<u64, Failure> {
+    let value = args.parsed(name)?.unwrap_or(default);
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Failure::Input(format!(
+            "--{name} {value}: must be between {min} and {max} {unit}"
+        )))
+    }
+}
+
+/// The health thresholds from `--degraded-rtt`, `--degraded-loss`, `--failed-after` and
+/// `--cleanup-after`.
+fn thresholds(args: &Args) -> Result<Thresholds, Failure> {
+    let d = Thresholds::default();
+    let rtt_ms = d.degraded_rtt.as_millis() as u64;
+    let loss = (d.degraded_loss * 100.0).round() as u64;
+    Ok(Thresholds {
+        degraded_rtt: Duration::from_millis(bounded(
+            args,
+            "degraded-rtt",
+            rtt_ms,
+            1,
+            10_000,
+            "ms",
+        )?),
+        degraded_loss: bounded(args, "degraded-loss", loss, 1, 100, "percent")? as f64 / 100.0,
+        // A probe counts as lost only after 2 s (health::LOST_AFTER).
+        failed_after: Duration::from_secs(bounded(
+            args,
+            "failed-after",
+            d.failed_after.as_secs(),
+            2,
+            3600,
+            "seconds",
+        )?),
+        cleanup_after: Duration::from_secs(bounded(
+            args,
+            "cleanup-after",
+            d.cleanup_after.as_secs(),
+            1,
+            86_400,
+            "seconds",
+        )?),
     })
 }
 
@@ -140,4 +227,44 @@ pub(super) fn host(argv: &[String]) -> Result<(), Failure> {
             member_options(&args, code).expect("member options were validated above")
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        Args::parse("join", &argv, &crate::cli::JOIN).unwrap()
+    }
+
+    #[test]
+    fn threshold_flags_reach_the_data_plane_in_its_units() {
+        assert_eq!(
+            thresholds(&args(&["c"])).unwrap(),
+            Thresholds::default(),
+            "defaults: 200 ms, 25 %, 10 s, 300 s"
+        );
+        let t = thresholds(&args(&[
+            "c",
+            "--degraded-rtt",
+            "150",
+            "--degraded-loss",
+            "10",
+            "--failed-after",
+            "4",
+            "--cleanup-after",
+            "60",
+        ]))
+        .unwrap();
+        assert_eq!(
+            t,
+            Thresholds {
+                degraded_rtt: Duration::from_millis(150),
+                degraded_loss: 0.1,
+                failed_after: Duration::from_secs(4),
+                cleanup_after: Duration::from_secs(60),
+            }
+        );
+    }
 }

@@ -51,7 +51,9 @@ Creates a party and prints its join code as the last line of output.
 const HELP_JOIN: &str = "\
 Usage: lanparty-lite join CODE [--name NAME] [--interface IF] [--listen-port PORT] [--mtu N]
                           [--broadcast-route] [--broadcast-rate N] [--relay IP:PORT]
-                          [--state-dir DIR] [--background] [--replace] [--syslog]
+                          [--metrics ADDR:PORT] [--degraded-rtt MS] [--degraded-loss PERCENT]
+                          [--failed-after S] [--cleanup-after S] [--state-dir DIR]
+                          [--background] [--replace] [--syslog]
 
 Joins the party and runs in the foreground until SIGINT/SIGTERM or `lanparty-lite leave`.
 Creates the key pair on first use. Safe to run again (from cron): if this party already runs
@@ -133,6 +135,11 @@ pub(super) const JOIN: Spec = Spec {
         "broadcast-rate",
         "relay",
         "state-dir",
+        "metrics",
+        "degraded-rtt",
+        "degraded-loss",
+        "failed-after",
+        "cleanup-after",
     ],
     repeatable: &[],
     switches: &["broadcast-route", "background", "replace", "syslog"],
@@ -208,6 +215,9 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
     };
     if wants_help || matches!(command.as_str(), "-h" | "--help" | "help") {
         println!("{}", help.unwrap_or(USAGE));
+        if command == "join" {
+            println!("{}", member::HELP_HEALTH);
+        }
         return Ok(());
     }
     match command.as_str() {

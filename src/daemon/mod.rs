@@ -5,6 +5,8 @@ pub mod background;
 pub mod control_loop;
 pub mod host;
 pub mod local_api;
+pub mod metrics;
+mod metrics_server;
 pub mod nat_thread;
 pub mod relay_choice;
 pub mod running;
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::control::{self, JoinCode, JoinRequest, Reach};
+use crate::dataplane::health::Thresholds;
 use crate::dataplane::{self, peers::PeerTable, socket, tun_device, Command, Uplinks};
 use crate::failure::Failure;
 use crate::identity::{self, Identity};
@@ -27,6 +30,9 @@ use relay_choice::RelayBook;
 /// How long stopping waits for the control plane to confirm that we left; with tearing
 /// down the interface, a member stops within 2 s of SIGTERM.
 const LEAVE_GRACE: Duration = Duration::from_millis(1500);
+
+/// How long a status or metrics request waits for the data plane's snapshot.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Resolved options of `join`.
 #[derive(Debug, Clone)]
@@ -51,6 +57,10 @@ pub struct MemberOptions {
     pub replace: bool,
     /// The relay to use when the control plane lists none (`--relay`).
     pub relay: Option<std::net::SocketAddr>,
+    /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// When peers count as degraded, failed and gone.
+    pub thresholds: Thresholds,
 }
 
 /// Removes the local API socket when the member stops, however it stops.
@@ -108,6 +118,8 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         return Ok(());
     };
     let _remove_socket = RemoveOnDrop(socket_path);
+    // Before anything touches the party: a taken metrics port changes nothing.
+    let metrics_listener = opts.metrics.map(metrics_server::bind).transpose()?;
     let pid_path = opts.state_dir.join(running::PID_FILE);
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .map_err(|e| Failure::System(format!("{}: {e}", pid_path.display())))?;
@@ -166,7 +178,8 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         member.virtual_ip,
         roster.subnet,
         opts.broadcast_rate,
-    );
+    )
+    .with_thresholds(opts.thresholds);
     let (stun_tx, stun_rx) = crossbeam_channel::bounded(64);
     let (dp_events_tx, dp_events) = crossbeam_channel::unbounded();
     let uplinks = Uplinks {
@@ -218,6 +231,14 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         },
     };
     local_api::serve(listener, handler).map_err(system("local api thread"))?;
+    if let Some(metrics_listener) = metrics_listener {
+        let dp = dp.clone();
+        metrics_server::serve(metrics_listener, move || {
+            let snapshot = dp.status(SNAPSHOT_TIMEOUT).ok()?;
+            Some(metrics::render(&snapshot))
+        })
+        .map_err(system("metrics thread"))?;
+    }
     let signal_tx = events_tx.clone();
     signals::spawn_waiter(move |sig| {
         let _ = signal_tx.send(Event::Signal(sig));

@@ -124,7 +124,7 @@ impl local_api::Handler for ApiHandler {
     fn status(&self) -> Result<Status, String> {
         let snapshot = self
             .dataplane
-            .status(Duration::from_secs(2))
+            .status(super::SNAPSHOT_TIMEOUT)
             .map_err(|_| "data plane is not responding".to_string())?;
         Ok(self.view(snapshot))
     }

@@ -213,8 +213,13 @@ fn reason(status: u16) -> &'static str {
 
 /// Serialises a JSON response.
 pub fn response(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    response_typed(status, "application/json", body, keep_alive)
+}
+
+/// Serialises a response whose body is `content_type`.
+pub fn response_typed(status: u16, content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
         reason(status),
         body.len(),
         if keep_alive { "keep-alive" } else { "close" }
