@@ -481,7 +481,9 @@ impl NatLab {
             self.lab
                 .exec(
                     h,
-                    &["ip", "rule", "add", "iif", "lo", "lookup", "100", "pref", "100"],
+                    &[
+                        "ip", "rule", "add", "iif", "lo", "lookup", "100", "pref", "100",
+                    ],
                 )
                 .expect_success();
         }
