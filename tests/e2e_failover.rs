@@ -288,15 +288,14 @@ fn blackholed_direct_path_fails_over_to_the_relay_and_back() {
     // Lift the block: traffic goes back to the direct path.
     let t1 = unix_now();
     p.nat.unblock_udp(&p.sites[0]);
-    let back = seconds_until(
-        "A to show B direct again",
-        t1,
-        Duration::from_secs(60),
-        || {
-            p.peer(0, p.vips[1])
-                .is_ok_and(|b| b["connection_type"] == "direct" && b["state"] == "connected")
-        },
-    );
+    let back = wait_until("A to show B direct again", Duration::from_secs(60), || {
+        let b = p.peer(0, p.vips[1])?;
+        if b["connection_type"] == "direct" && b["state"] == "connected" {
+            Ok(unix_now() - t1)
+        } else {
+            Err(format!("after {:.1} s: {b}", unix_now() - t1))
+        }
+    });
     report(
         "block lifted -> status direct",
         back,
