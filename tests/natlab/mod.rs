@@ -409,6 +409,87 @@ impl NatLab {
         }
     }
 
+    /// Drops UDP between the site and `remote` (an address on the internet) in the site's
+    /// router, both ways, in a table `ip faults` of its own (priority before the NAT
+    /// firewall); everything else, relays and the control server included, still passes.
+    /// Undo with [`NatLab::unblock_udp`].
+    pub fn block_udp(&self, site: &Site, remote: Ipv4Addr) {
+        let r = site.router.expect("an open site has no router");
+        let rules = format!(
+            "table ip faults {{\n    chain forward {{\n        \
+             type filter hook forward priority filter - 10; policy accept;\n        \
+             ip saddr {remote} meta l4proto udp drop\n        \
+             ip daddr {remote} meta l4proto udp drop\n    }}\n}}\n"
+        );
+        let path = self.lab.dir().join(format!("r{}-faults.nft", site.index));
+        std::fs::write(&path, rules).expect("write nft rules");
+        let path = path.display().to_string();
+        self.lab.exec(r, &["nft", "-f", &path]).expect_success();
+    }
+
+    /// Removes what [`NatLab::block_udp`] added.
+    pub fn unblock_udp(&self, site: &Site) {
+        let r = site.router.expect("an open site has no router");
+        self.lab
+            .exec(r, &["nft", "delete", "table", "ip", "faults"])
+            .expect_success();
+    }
+
+    /// Delays every packet the site's host sends to the internet by `ms` milliseconds (its
+    /// replies come back undelayed), until the returned process is stopped. For kernels
+    /// without `sch_netem` (`tc qdisc … netem` fails with "Specified qdisc kind is unknown"):
+    /// a small Python loop owns a tun device `dly` in the host, policy routing sends the
+    /// host's own packets for 203.0.113.0/24 into it (`ip rule iif lo lookup 100`), and the
+    /// loop writes them back after the delay, from where the host forwards them to its
+    /// router as usual. The delay sits before the router, so its NAT sees ordinary packets.
+    /// Stopping the process removes the device and its route, and with them the delay.
+    pub fn delay_egress(&self, site: &Site, ms: u32) -> Proc {
+        let ms = ms.to_string();
+        let p = self.lab.spawn(
+            site.host,
+            "delay",
+            &[lab::python(), "-c", DELAY_TUN, "dly", &ms],
+        );
+        self.lab
+            .wait_line(p, "ready", std::time::Duration::from_secs(10));
+        let h = site.host;
+        for argv in [
+            &["ip", "link", "set", "dly", "up"][..],
+            &[
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.dly.rp_filter=0",
+                "net.ipv4.conf.dly.accept_local=1",
+            ],
+            &[
+                "ip",
+                "route",
+                "replace",
+                "203.0.113.0/24",
+                "dev",
+                "dly",
+                "table",
+                "100",
+            ],
+        ] {
+            self.lab.exec(h, argv).expect_success();
+        }
+        let rules = self.lab.exec(h, &["ip", "rule", "show", "pref", "100"]);
+        if !rules.stdout.contains("lookup 100") {
+            self.lab
+                .exec(
+                    h,
+                    &[
+                        "ip", "rule", "add", "iif", "lo", "lookup", "100", "pref", "100",
+                    ],
+                )
+                .expect_success();
+        }
+        p
+    }
+
     /// Plugs namespace `ns` into the internet bridge: bridge port `port`, `eth0` in `ns`, up.
     fn plug_into_internet(&self, port: &str, ns: &str) {
         let inet = self.lab.bridge_ns().to_string();
@@ -512,3 +593,23 @@ pub fn parse_flow(line: &str) -> Option<Flow> {
         reply_dst: at(dst[1], dport[1])?,
     })
 }
+
+/// The delay loop of [`NatLab::delay_egress`]: `python3 -c DELAY_TUN IFNAME MS` opens tun
+/// device IFNAME (no packet info), prints `ready`, and writes every packet it reads back
+/// into the device MS milliseconds later, in order.
+pub const DELAY_TUN: &str = r#"
+import fcntl, os, select, struct, sys, time
+from collections import deque
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", sys.argv[1].encode(), 0x0001 | 0x1000))
+delay = float(sys.argv[2]) / 1000.0
+queue = deque()
+print("ready", flush=True)
+while True:
+    timeout = max(0.0, queue[0][0] - time.monotonic()) if queue else None
+    if select.select([fd], [], [], timeout)[0]:
+        queue.append((time.monotonic() + delay, os.read(fd, 65535)))
+    now = time.monotonic()
+    while queue and queue[0][0] <= now:
+        os.write(fd, queue.popleft()[1])
+"#;
