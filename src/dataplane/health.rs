@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Probe interval of the path in use while traffic flows, and of a suspect path.
-pub const PROBE_FAST: Duration = Duration::from_millis(500);
+pub const PROBE_FAST: Duration = Duration::from_millis(400);
 /// Probe interval of a path that is down.
 pub const PROBE_DOWN: Duration = Duration::from_secs(1);
 /// Probe interval of the path not in use, while traffic flows.
@@ -29,7 +29,7 @@ pub const PROBE_IDLE: Duration = Duration::from_secs(15);
 pub const PROBE_IDLE_STANDBY: Duration = Duration::from_secs(60);
 /// A path whose probes went unanswered this long (and at least [`DOWN_PROBES`] of them) is
 /// down.
-pub const DOWN_AFTER: Duration = Duration::from_millis(1500);
+pub const DOWN_AFTER: Duration = Duration::from_millis(1200);
 /// Unanswered probes in a row before a path can be down.
 pub const DOWN_PROBES: u32 = 4;
 /// A probe unanswered this long counts as lost (a later reply is still an RTT sample).
@@ -245,6 +245,12 @@ impl PathHealth {
             return false;
         };
         let (_, sent_at) = self.outstanding.remove(i).unwrap_or((seq, now));
+        if self.state == PathState::Down {
+            // The outage is over: its lost probes say nothing about the path from now on.
+            self.history = 0;
+            self.resolved = 0;
+            self.outstanding.clear();
+        }
         let rtt = now.saturating_duration_since(sent_at);
         // A reply later than LOST_AFTER still measures the path, but the game lost that packet.
         self.record(rtt >= LOST_AFTER);
