@@ -44,6 +44,16 @@ struct Party {
 /// A party of `members` members, each behind a port-restricted cone NAT, with two relays.
 /// `before_join` runs once the sites exist and before any member starts (to block paths).
 fn party(tag: &str, members: usize, before_join: impl FnOnce(&NatLab, &[Site])) -> Party {
+    party_with(tag, members, &[], before_join)
+}
+
+/// [`party`], with `join_args` on every member's `join`.
+fn party_with(
+    tag: &str,
+    members: usize,
+    join_args: &[&str],
+    before_join: impl FnOnce(&NatLab, &[Site]),
+) -> Party {
     let mut nat = NatLab::new(tag);
     let srv = nat.add_internet_host("srv", 2);
     let rly: Vec<_> = (0..2)
@@ -106,7 +116,7 @@ fn party(tag: &str, members: usize, before_join: impl FnOnce(&NatLab, &[Site])) 
     let code = nat.create_party_in(srv.node, &control, &[]);
     let procs: Vec<Proc> = sites
         .iter()
-        .map(|site| nat.spawn_join(site.host, &code, &[]))
+        .map(|site| nat.spawn_join(site.host, &code, join_args))
         .collect();
     let vips = procs.iter().map(|p| nat.wait_joined(*p).ip).collect();
     Party {
@@ -455,7 +465,8 @@ fn added_latency_makes_the_peer_degraded_and_removing_it_connected() {
 
 #[test]
 fn killed_member_shows_failed_to_the_others() {
-    let p = party("fokill", 3, |_, _| {});
+    // Removed 15 s after failing instead of 300 s, so the test sees it happen.
+    let p = party_with("fokill", 3, &["--cleanup-after", "15"], |_, _| {});
     for (i, j) in [(0, 1), (2, 1), (1, 0), (1, 2)] {
         p.wait_path(i, j, "connected", "direct", CONVERGE);
     }
@@ -494,10 +505,24 @@ fn killed_member_shows_failed_to_the_others() {
         .wait_ping(p.sites[0].host, p.vips[2], Duration::from_secs(10));
     let c = p.peer(0, p.vips[2]).unwrap();
     assert_eq!(c["state"], "connected", "{c}");
-    // Removal from the data plane (300 s after failing) is not tested here: main has no
-    // `--cleanup-after` flag to shorten it yet.
-    let b = p.peer(0, p.vips[1]).unwrap();
-    assert_eq!(b["state"], "failed", "still listed, failed: {b}");
+    // Removed from the data plane `--cleanup-after` (15 s) after failing: gone from status.
+    for i in [0, 2] {
+        let removed = seconds_until(
+            &format!("site {i} to remove B"),
+            t0,
+            Duration::from_secs(60),
+            || p.peer(i, p.vips[1]).is_err(),
+        );
+        report(
+            &format!("member SIGKILLed -> site {i} removed it (--cleanup-after 15)"),
+            removed,
+            "failed + 15 s",
+        );
+        assert!(removed >= 8.0 + 15.0, "removed after only {removed:.2} s");
+        assert!(removed <= 20.0 + 15.0 + 2.0, "removed only after {removed:.2} s");
+    }
+    let c = p.peer(2, p.vips[0]).unwrap();
+    assert_eq!(c["state"], "connected", "the others stay: {c}");
 }
 
 #[test]
