@@ -519,7 +519,10 @@ fn killed_member_shows_failed_to_the_others() {
             "failed + 15 s",
         );
         assert!(removed >= 8.0 + 15.0, "removed after only {removed:.2} s");
-        assert!(removed <= 20.0 + 15.0 + 2.0, "removed only after {removed:.2} s");
+        assert!(
+            removed <= 20.0 + 15.0 + 2.0,
+            "removed only after {removed:.2} s"
+        );
     }
     let c = p.peer(2, p.vips[0]).unwrap();
     assert_eq!(c["state"], "connected", "the others stay: {c}");

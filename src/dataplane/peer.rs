@@ -364,29 +364,43 @@ impl Peer {
             (false, false) => Role::IdleStandby,
         };
         if let Some(d) = self.direct.filter(|_| self.direct_health.due(now)) {
-            let seq = self.take_seq();
-            let request = Probe {
-                kind: Kind::Request,
-                seq,
-            };
-            if let Some(out) = self.encapsulate_probe(request, buf) {
-                io.send_to(out, d);
-                let in_use = matches!(route, Route::Direct(_));
-                self.direct_health.sent(seq, role(in_use), now);
-            }
+            let role = role(matches!(route, Route::Direct(_)));
+            self.send_probe(Route::Direct(d), role, buf, now, io);
         }
         if let Some(r) = self.relay.filter(|_| self.relayed_health.due(now)) {
-            let seq = self.take_seq();
-            let request = Probe {
-                kind: Kind::Request,
-                seq,
-            };
-            if let Some(out) = self.encapsulate_probe(request, buf) {
+            let role = role(matches!(route, Route::Relayed(_)));
+            self.send_probe(Route::Relayed(r), role, buf, now, io);
+        }
+    }
+
+    /// Sends a probe request on `path` and notes it in that path's health.
+    fn send_probe(
+        &mut self,
+        path: Route,
+        role: Role,
+        buf: &mut [u8],
+        now: Instant,
+        io: &mut impl Io,
+    ) {
+        let seq = self.take_seq();
+        let request = Probe {
+            kind: Kind::Request,
+            seq,
+        };
+        let Some(out) = self.encapsulate_probe(request, buf) else {
+            return;
+        };
+        match path {
+            Route::Direct(d) => {
+                io.send_to(out, d);
+                self.direct_health.sent(seq, role, now);
+            }
+            Route::Relayed(r) => {
                 self.relayed_tx_bytes += out.len() as u64;
                 io.send_relayed(out, r, self.member);
-                let in_use = matches!(route, Route::Relayed(_));
-                self.relayed_health.sent(seq, role(in_use), now);
+                self.relayed_health.sent(seq, role, now);
             }
+            Route::Everywhere => {}
         }
     }
 
