@@ -3,7 +3,8 @@
 //! closure (the daemon's asks the data plane for a snapshot and renders it with
 //! [`super::metrics::render`]) and the request syntax to [`crate::wire::http`].
 //!
-//! A slow client holds the endpoint for at most [`REQUEST_DEADLINE`]; that is fine for a
+//! A slow client holds the endpoint for at most [`REQUEST_DEADLINE`] to send its request and
+//! `WRITE_TIMEOUT` to read the answer; that is fine for a
 //! scraper every few seconds, and the data plane never waits on it.
 
 use std::io::{self, Read, Write};
@@ -52,7 +53,6 @@ pub fn serve(
 
 /// Reads one request (bounded in size and time), writes one response, closes.
 fn answer(mut stream: TcpStream, metrics: &impl Fn() -> Option<String>) -> io::Result<()> {
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];
@@ -75,7 +75,30 @@ fn answer(mut stream: TcpStream, metrics: &impl Fn() -> Option<String>) -> io::R
             n => buf.extend_from_slice(&chunk[..n]),
         }
     };
-    stream.write_all(&respond(request, metrics))?;
+    write_before(
+        &mut stream,
+        &respond(request, metrics),
+        Instant::now() + WRITE_TIMEOUT,
+    )
+}
+
+/// Writes all of `bytes` before `deadline`, however slowly the client reads: each write
+/// waits only for the time left.
+fn write_before(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client reads too slowly",
+            ));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => bytes = &bytes[n..],
+        }
+    }
     stream.flush()
 }
 

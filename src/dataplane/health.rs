@@ -166,6 +166,21 @@ impl PathHealth {
         }
     }
 
+    /// The same path to a new address (a peer's endpoint changed): measurements start over,
+    /// but the probe totals and the rate limit carry on, so a peer that keeps changing
+    /// address cannot make us probe faster than [`PROBE_FAST`].
+    pub fn renew(&self, now: Instant) -> PathHealth {
+        let mut fresh = PathHealth::new(now);
+        fresh.last_sent_at = self.last_sent_at;
+        fresh.probes_sent = self.probes_sent;
+        fresh.replies = self.replies;
+        fresh.last_reply_at = self.last_reply_at;
+        fresh.next_probe_at = fresh
+            .last_sent_at
+            .map_or(now, |at| now.max(at + PROBE_FAST));
+        fresh
+    }
+
     /// Up, down or unknown.
     pub fn state(&self) -> PathState {
         self.state
@@ -298,7 +313,7 @@ impl PathHealth {
     }
 
     /// Counts probes unanswered for [`LOST_AFTER`] as lost and marks the path down when it
-    /// stopped answering. True when it just went down.
+    /// stopped answering (or never answered). True when it just went down.
     pub fn poll(&mut self, now: Instant) -> bool {
         // A probe unanswered for SUSPECT_AFTER makes the path suspect: probe again soon,
         // however slow its schedule.
@@ -325,6 +340,7 @@ impl PathHealth {
         if silent && self.state == PathState::Unknown {
             // Never answered: down as well, so it is probed at the slower down rate.
             self.state = PathState::Down;
+            return true;
         }
         false
     }
@@ -400,6 +416,8 @@ pub struct Transition {
 pub struct PeerHealth {
     state: PeerState,
     since: Instant,
+    /// The latest reply on any path, kept when a path is replaced (another relay).
+    last_reply_at: Option<Instant>,
 }
 
 impl PeerHealth {
@@ -408,6 +426,7 @@ impl PeerHealth {
         PeerHealth {
             state: PeerState::Connecting,
             since: now,
+            last_reply_at: None,
         }
     }
 
@@ -436,8 +455,14 @@ impl PeerHealth {
         t: &Thresholds,
         now: Instant,
     ) -> Option<Transition> {
-        let answered = paths.iter().any(|p| p.replies > 0);
-        let silent_for = silent_since(paths).map(|at| now.saturating_duration_since(at));
+        for p in paths {
+            self.last_reply_at = self.last_reply_at.max(p.last_reply_at);
+        }
+        let answered = self.last_reply_at.is_some();
+        let silent_for = all_down(paths)
+            .then_some(self.last_reply_at)
+            .flatten()
+            .map(|at| now.saturating_duration_since(at));
         let (next, reason) = if !answered {
             (PeerState::Connecting, String::new())
         } else if let Some(d) = silent_for.filter(|d| *d >= t.failed_after) {
@@ -497,17 +522,10 @@ impl PeerHealth {
     }
 }
 
-/// Since when no path has answered, once every probed path is down: the latest reply on
-/// any of them. `None` while some probed path is not down (it answers, or may yet).
-fn silent_since(paths: &[&PathHealth]) -> Option<Instant> {
-    let mut latest = None;
-    for p in paths.iter().filter(|p| p.probes_sent > 0) {
-        if p.state != PathState::Down {
-            return None;
-        }
-        latest = latest.max(p.last_reply_at);
-    }
-    latest
+/// Whether every path is down (a path not probed yet may answer: not down). No path at all
+/// (no endpoint, no relay bound any more) counts as down.
+fn all_down(paths: &[&PathHealth]) -> bool {
+    paths.iter().all(|p| p.state == PathState::Down)
 }
 
 fn recovered_because(path: &PathHealth, t: &Thresholds) -> String {

@@ -40,6 +40,11 @@ pub fn session_is_up(since_handshake: Option<Duration>) -> bool {
     since_handshake.is_some_and(|d| d < SESSION_LIFETIME)
 }
 
+/// A failed peer whose session is gone gets a handshake initiation this often (to every
+/// candidate and through the relay), and its relays are tried again: probes need a session,
+/// and WireGuard itself gives up after 90 s.
+pub const REVIVE_EVERY: Duration = Duration::from_secs(10);
+
 /// Traffic this recent makes a peer busy: its path in use is probed at the fast rate.
 pub const TRAFFIC_RECENT: Duration = Duration::from_secs(2);
 /// Punches at this interval while a direct path is expected …
@@ -110,7 +115,13 @@ pub struct Peer {
     /// The relay we reach it through (one we are bound at), if any.
     pub relay: Option<SocketAddr>,
     relayed_health: PathHealth,
+    /// Relays that stopped answering since the peer last answered on one.
+    relays_tried: Vec<SocketAddr>,
     health: PeerHealth,
+    next_revive_at: Instant,
+    /// When the table added the peer back after cleaning it up (it goes again unless it
+    /// answers within `peers::REVIVE_WINDOW`).
+    pub revived_at: Option<Instant>,
     next_seq: u32,
     last_traffic_at: Option<Instant>,
     /// The route traffic took at the last health check, to count and log switches.
@@ -150,7 +161,10 @@ impl Peer {
             direct_health: PathHealth::new(now),
             relay: None,
             relayed_health: PathHealth::new(now),
+            relays_tried: Vec::new(),
             health: PeerHealth::new(now),
+            next_revive_at: now,
+            revived_at: None,
             next_seq: 1,
             last_traffic_at: None,
             last_route: None,
@@ -200,15 +214,18 @@ impl Peer {
         }
     }
 
-    /// The path for a data packet now: direct while it is usable, else the relay unless it
-    /// is down, else the direct endpoint unless it is down, else whatever is left.
+    /// The path for a data packet now: direct while it is usable; else the relay if it
+    /// answers; else a direct path that answers but is still in its hold-off; else the
+    /// relay, then the direct endpoint, unless down; else whatever is left.
     pub fn route(&self, now: Instant) -> Route {
-        let direct_down = self.direct_health.state() == PathState::Down;
-        let relay_down = self.relayed_health.state() == PathState::Down;
+        let direct = self.direct_health.state();
+        let relayed = self.relayed_health.state();
         match (self.direct, self.relay) {
             (Some(d), _) if self.direct_usable(now) => Route::Direct(d),
-            (_, Some(r)) if !relay_down => Route::Relayed(r),
-            (Some(d), _) if !direct_down => Route::Direct(d),
+            (_, Some(r)) if relayed == PathState::Up => Route::Relayed(r),
+            (Some(d), _) if direct == PathState::Up => Route::Direct(d),
+            (_, Some(r)) if relayed != PathState::Down => Route::Relayed(r),
+            (Some(d), _) if direct != PathState::Down => Route::Direct(d),
             (_, Some(r)) => Route::Relayed(r),
             (Some(d), None) => Route::Direct(d),
             (None, None) => Route::Everywhere,
@@ -292,7 +309,7 @@ impl Peer {
                         log::debug!("peer {} is at {src}", self.config.name);
                     }
                     self.direct = Some(src);
-                    self.direct_health = PathHealth::new(now);
+                    self.direct_health = self.direct_health.renew(now);
                 } else if !self.direct_usable(now) {
                     self.direct_health.hurry(now);
                 }
@@ -332,7 +349,10 @@ impl Peer {
                     }
                 }
                 Source::Relayed { relay, .. } if Some(relay) == self.relay => {
-                    self.relayed_health.on_reply(probe.seq, now);
+                    let matched = self.relayed_health.on_reply(probe.seq, now);
+                    if matched {
+                        self.relays_tried.clear();
+                    }
                 }
                 _ => {}
             },
@@ -427,8 +447,20 @@ impl Peer {
     fn use_relay(&mut self, relay: Option<SocketAddr>, now: Instant) {
         if relay != self.relay {
             self.relay = relay;
-            self.relayed_health = PathHealth::new(now);
+            self.relayed_health = self.relayed_health.renew(now);
         }
+    }
+
+    /// Whether to send a handshake initiation now to revive a failed peer whose session is
+    /// gone (every [`REVIVE_EVERY`]); its relays are tried again from here.
+    pub fn poll_revive(&mut self, now: Instant) -> bool {
+        let failed = self.health.state() == super::health::PeerState::Failed;
+        if !failed || self.session_up() || now < self.next_revive_at {
+            return false;
+        }
+        self.next_revive_at = now + REVIVE_EVERY;
+        self.relays_tried.clear();
+        true
     }
 
     /// Runs the paths' and the peer's health at `now`: lost probes, paths going down (a dead
@@ -452,11 +484,15 @@ impl Peer {
         }
         if self.relayed_health.poll(now) {
             self.direct_health.hurry(now);
+            // The next bound relay not tried since the peer last answered through one.
             let current = self.relay;
-            let next = current
+            self.relays_tried.extend(current);
+            let start = current
                 .and_then(|c| bound.iter().position(|b| *b == c))
-                .map(|i| bound[(i + 1) % bound.len()])
-                .filter(|n| Some(*n) != current);
+                .map_or(0, |i| i + 1);
+            let next = (0..bound.len())
+                .map(|k| bound[(start + k) % bound.len()])
+                .find(|r| !self.relays_tried.contains(r));
             match next {
                 Some(n) => {
                     log::info!(

@@ -36,6 +36,11 @@ pub const BUF_LEN: usize = 65_535 + 32;
 const HANDSHAKES_PER_SECOND: u64 = 100;
 /// The limiter counts handshakes per this period.
 const LIMITER_PERIOD: Duration = Duration::from_secs(1);
+/// A cleaned-up peer is added back this often to try a handshake (the two sides of an
+/// outage clean each other up, and neither would start one otherwise) …
+pub const REVIVE_CLEANED_EVERY: Duration = Duration::from_secs(60);
+/// … and goes again if no probe is answered within this long.
+pub const REVIVE_WINDOW: Duration = Duration::from_secs(15);
 /// IGMP: group membership reports are about the link they are sent on, not the party's.
 const IP_PROTO_IGMP: u8 = 2;
 
@@ -154,9 +159,11 @@ pub struct PeerTable {
     bound: Vec<SocketAddr>,
     dedup: Dedup,
     thresholds: Thresholds,
-    /// Peers removed after failing for `thresholds.cleanup_after`, by key: not added back
-    /// while the roster says the same of them, unless they start a handshake.
-    cleaned: HashMap<Key, PeerConfig>,
+    /// Peers removed after failing for `thresholds.cleanup_after`, by key, with when to try
+    /// them again: added back (for [`REVIVE_WINDOW`]) every [`REVIVE_CLEANED_EVERY`], when
+    /// they start a handshake; for good once they
+    /// answer, or when the roster says something new of them.
+    cleaned: HashMap<Key, (PeerConfig, Instant)>,
     /// What was dropped and why.
     pub drops: DropCounters,
     /// Our own broadcasts: replicated and dropped.
@@ -199,8 +206,13 @@ impl PeerTable {
 
     /// The same table, with these health thresholds.
     pub fn with_thresholds(mut self, thresholds: Thresholds) -> PeerTable {
-        self.thresholds = thresholds;
+        self.set_thresholds(thresholds);
         self
+    }
+
+    /// Replaces the health thresholds.
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.thresholds = thresholds;
     }
 
     /// Makes the table match `configs`: adds new peers (and starts a handshake with each, so
@@ -215,7 +227,7 @@ impl PeerTable {
             .collect();
         // A cleaned-up peer stays out while the roster says the same of it.
         self.cleaned
-            .retain(|key, config| wanted.get(key).is_some_and(|w| w == config));
+            .retain(|key, (config, _)| wanted.get(key).is_some_and(|w| w == config));
         let gone: Vec<Key> = self
             .by_key
             .keys()
@@ -482,9 +494,16 @@ impl PeerTable {
         };
         let half = parse_handshake_anon(&self.secret, &self.public, &init).ok()?;
         let key = Key(half.peer_static_public);
-        if let Some(config) = self.cleaned.remove(&key) {
-            log::info!("peer {} ({}) is back", config.name, config.virtual_ip);
-            self.insert(config, now);
+        if let Some((config, _)) = self.cleaned.remove(&key) {
+            log::info!(
+                "peer {} ({}) starts a handshake: added back",
+                config.name,
+                config.virtual_ip
+            );
+            let index = self.insert(config, now);
+            if let Some(peer) = self.peers.get_mut(&index) {
+                peer.revived_at = Some(now);
+            }
         }
         self.by_key.get(&key).copied()
     }
@@ -516,40 +535,77 @@ impl PeerTable {
             }
             peer.poll_health(&self.bound, &self.thresholds, now);
             peer.poll_probes(&mut self.buf, now, io);
+            if peer.poll_revive(now) {
+                retry_handshake(peer, &mut self.buf, now, io);
+            }
         }
         self.clean_up(now);
+        let retry: Vec<Key> = self
+            .cleaned
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in retry {
+            self.revive(key, now, io);
+        }
     }
 
-    /// Removes peers failed for `cleanup_after`. They come back when they start a handshake
-    /// or the roster says something new of them.
+    /// Adds a cleaned-up peer back for [`REVIVE_WINDOW`] and starts a handshake with it.
+    fn revive(&mut self, key: Key, now: Instant, io: &mut impl Io) {
+        let Some((config, _)) = self.cleaned.remove(&key) else {
+            return;
+        };
+        log::debug!("peer {}: trying again", config.name);
+        self.add(config, now, io);
+        if let Some(peer) = self.by_key.get(&key).and_then(|i| self.peers.get_mut(i)) {
+            peer.revived_at = Some(now);
+        }
+    }
+
+    /// Removes peers failed for `cleanup_after`, and peers added back that did not answer
+    /// within [`REVIVE_WINDOW`].
     fn clean_up(&mut self, now: Instant) {
-        let due: Vec<u32> = self
+        let due: Vec<(u32, bool)> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.health().due_for_cleanup(&self.thresholds, now))
-            .map(|(i, _)| *i)
+            .filter_map(|(i, p)| {
+                let unanswered_revival = p.revived_at.is_some_and(|at| {
+                    p.health().state() == PeerState::Connecting
+                        && now.saturating_duration_since(at) >= REVIVE_WINDOW
+                });
+                let failed = p.health().due_for_cleanup(&self.thresholds, now);
+                (failed || unanswered_revival).then_some((*i, failed))
+            })
             .collect();
-        for index in due {
+        for (index, failed) in due {
             let Some(peer) = self.peers.remove(&index) else {
                 continue;
             };
             self.by_ip.remove(&peer.config.virtual_ip);
             self.by_key.remove(&peer.config.public_key);
-            log::info!(
-                "peer {} ({}) removed: failed for {} s",
-                peer.config.name,
-                peer.config.virtual_ip,
-                self.thresholds.cleanup_after.as_secs()
+            if failed {
+                log::info!(
+                    "peer {} ({}) removed: failed for {} s",
+                    peer.config.name,
+                    peer.config.virtual_ip,
+                    self.thresholds.cleanup_after.as_secs()
+                );
+            }
+            self.cleaned.insert(
+                peer.config.public_key,
+                (peer.config, now + REVIVE_CLEANED_EVERY),
             );
-            self.cleaned.insert(peer.config.public_key, peer.config);
         }
     }
 
-    /// Snapshots every peer at `now`, ordered by virtual IP.
+    /// Snapshots every peer at `now`, ordered by virtual IP. A cleaned-up peer added back to
+    /// try a handshake is not listed until it answers.
     pub fn stats(&self, now: Instant) -> Vec<PeerStats> {
         let mut out: Vec<PeerStats> = self
             .peers
             .values()
+            .filter(|p| p.revived_at.is_none() || p.health().state() != PeerState::Connecting)
             .map(|p| {
                 let (since, tx, rx, _loss, rtt) = p.tunn.stats();
                 let connected = session_is_up(since);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::members::{MemberNode, RelayNode, Via, TICK};
 use super::two_members::{peer_of, relay, Lab};
-use super::{random_loss, Datagram};
+use super::{random_loss, Datagram, HostId};
 use crate::dataplane::health::{
     PeerState, Thresholds, DOWN_AFTER, PROBE_DOWN, PROBE_FAST, RETURN_AFTER,
 };
@@ -94,6 +94,11 @@ fn until(lab: &mut Lab, limit: Duration, mut done: impl FnMut(&Lab) -> bool) -> 
         }
     }
     None
+}
+
+/// Peers `m` lists in status.
+fn listed(m: &MemberNode, lab: &Lab) -> usize {
+    m.table.stats(lab.sim.now()).len()
 }
 
 /// Pings `m` got after `t`, by path.
@@ -332,4 +337,118 @@ fn two_similar_paths_do_not_flap_over_an_hour() {
     );
     let loss = peer.path_in_use.and_then(|p| p.loss).unwrap();
     assert!(loss < 0.25, "{loss}");
+}
+
+/// Lab with two relays both members are bound at (they meet at the first), relayed only
+/// (symmetric NATs), pinging; `thresholds` on both.
+fn relayed_pair_with_two_relays(thresholds: Thresholds) -> (Lab, Rc<Faults>, RelayNode, HostId) {
+    let mut lab = Lab::new(NatType::Symmetric, NatType::Symmetric);
+    lab.a.1.table.set_thresholds(thresholds);
+    lab.b.1.table.set_thresholds(thresholds);
+    let faults = Rc::new(Faults::default());
+    install(&mut lab, &faults, 0);
+    let second: SocketAddr = SECOND_RELAY.parse().unwrap();
+    let host = lab.sim.add_public_host(&[&second.ip().to_string()]);
+    let mut backup = RelayNode::new(second, lab.desk, lab.sim.now());
+    let now = lab.sim.now();
+    lab.a.1.set_relays(&[relay(), second], now);
+    lab.b.1.set_relays(&[relay(), second], now);
+    lab.run_with(&mut backup, host, Duration::from_secs(1));
+    assert!(lab.a.1.is_bound_at(second) && lab.b.1.is_bound_at(second));
+    lab.introduce(None);
+    let now = lab.sim.now();
+    let (va, vb) = (lab.a.1.vip, lab.b.1.vip);
+    lab.a.1.ping_every(vb, PING_EVERY, now);
+    lab.b.1.ping_every(va, PING_EVERY, now);
+    lab.run_with(&mut backup, host, Duration::from_secs(20));
+    for m in [&lab.a.1, &lab.b.1] {
+        let peer = peer_of(m, lab.sim.now());
+        assert_eq!(
+            (peer.connection_type, peer.relay),
+            ("relayed", Some(relay()))
+        );
+    }
+    (lab, faults, backup, host)
+}
+
+const SECOND_RELAY: &str = "192.0.2.9:3478";
+
+#[test]
+fn a_vanished_relayed_peer_fails_after_trying_every_relay_and_is_removed() {
+    let t = Thresholds {
+        cleanup_after: Duration::from_secs(30),
+        ..Thresholds::default()
+    };
+    let (mut lab, faults, mut backup, host) = relayed_pair_with_two_relays(t);
+    faults.dead.borrow_mut().push(ip(B_PUBLIC));
+    let mut failed_after = None;
+    let start = lab.sim.now();
+    while lab.sim.now() < start + Duration::from_secs(20) && failed_after.is_none() {
+        lab.run_with(&mut backup, host, STEP);
+        let peer = peer_of(&lab.a.1, lab.sim.now());
+        assert_ne!(
+            peer.state,
+            PeerState::Connecting,
+            "a relay switch is not a new peer"
+        );
+        if peer.state == PeerState::Failed {
+            failed_after = Some(lab.sim.now() - start);
+        }
+    }
+    let failed_after = failed_after.expect("failed");
+    println!(
+        "relayed peer failed {:.2} s after it vanished",
+        failed_after.as_secs_f64()
+    );
+    assert!(failed_after <= t.failed_after + TICK, "{failed_after:?}");
+    let peer = peer_of(&lab.a.1, lab.sim.now());
+    let second: SocketAddr = SECOND_RELAY.parse().unwrap();
+    assert_eq!(peer.relay, Some(second), "the other relay was tried");
+    lab.run_with(&mut backup, host, t.cleanup_after + TICK);
+    assert_eq!(
+        lab.a.1.table.len(),
+        0,
+        "removed cleanup_after after failing"
+    );
+}
+
+#[test]
+fn two_members_that_cleaned_each_other_up_reconnect_when_the_network_heals() {
+    let t = Thresholds {
+        cleanup_after: Duration::from_secs(30),
+        ..Thresholds::default()
+    };
+    let (mut lab, faults, mut backup, host) = relayed_pair_with_two_relays(t);
+    // Both relays die: each side fails the other, then removes it.
+    let second: SocketAddr = SECOND_RELAY.parse().unwrap();
+    faults.dead.borrow_mut().extend([relay().ip(), second.ip()]);
+    lab.run_with(&mut backup, host, Duration::from_secs(200));
+    let both = (listed(&lab.a.1, &lab), listed(&lab.b.1, &lab));
+    assert_eq!(both, (0, 0), "both cleaned up");
+    // The relays come back (bindings are kept alive by the members' relay clients).
+    faults.dead.borrow_mut().clear();
+    let healed = lab.sim.now();
+    let mut back_after = None;
+    while lab.sim.now() < healed + Duration::from_secs(120) && back_after.is_none() {
+        lab.run_with(&mut backup, host, Duration::from_millis(100));
+        let now = lab.sim.now();
+        let both = [&lab.a.1, &lab.b.1].iter().all(|m| {
+            m.table
+                .stats(now)
+                .first()
+                .is_some_and(|p| p.state == PeerState::Connected)
+        });
+        if both {
+            back_after = Some(now - healed);
+        }
+    }
+    let back_after = back_after.expect("reconnected");
+    println!(
+        "reconnected {:.1} s after the network healed",
+        back_after.as_secs_f64()
+    );
+    assert!(
+        back_after <= crate::dataplane::peers::REVIVE_CLEANED_EVERY + Duration::from_secs(20),
+        "{back_after:?}"
+    );
 }
