@@ -18,7 +18,7 @@ use ipnet::Ipv4Net;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::broadcast::{self, Dedup, OwnBroadcast, PeerBroadcast, RateLimit};
-use super::health::{PathStats, PeerState, Thresholds};
+use super::health::{PathState, PathStats, PeerState, Thresholds};
 use super::peer::{session_is_up, Peer, Source};
 use crate::identity::Key;
 use crate::nat::Prediction;
@@ -161,6 +161,9 @@ pub struct PeerTable {
     pub drops: DropCounters,
     /// Our own broadcasts: replicated and dropped.
     pub broadcast: OwnBroadcast,
+    /// Direct paths that went from up to down since [`PeerTable::poll_direct_paths_lost`]
+    /// last ran: our public mapping may have moved (a NAT rebinding).
+    direct_paths_lost: u32,
 }
 
 impl PeerTable {
@@ -194,6 +197,7 @@ impl PeerTable {
             cleaned: HashMap::new(),
             drops: DropCounters::default(),
             broadcast: OwnBroadcast::default(),
+            direct_paths_lost: 0,
         }
     }
 
@@ -514,10 +518,21 @@ impl PeerTable {
                     peer.punch(keepalive, io);
                 }
             }
+            let was = peer.direct_health().map(|h| h.state());
             peer.poll_health(&self.bound, &self.thresholds, now);
+            let is = peer.direct_health().map(|h| h.state());
+            if was == Some(PathState::Up) && is == Some(PathState::Down) {
+                self.direct_paths_lost += 1;
+            }
             peer.poll_probes(&mut self.buf, now, io);
         }
         self.clean_up(now);
+    }
+
+    /// How many direct paths went from up to down since the last call (in
+    /// [`PeerTable::update_timers`]); resets the count.
+    pub fn poll_direct_paths_lost(&mut self) -> u32 {
+        std::mem::take(&mut self.direct_paths_lost)
     }
 
     /// Removes peers failed for `cleanup_after`. They come back when they start a handshake
@@ -1007,5 +1022,38 @@ mod tests {
         assert_eq!(n[1].io.tun.len(), 10);
         let from_flooder = n[1].table.stats(n[1].now)[0].broadcast;
         assert_eq!((from_flooder.received, from_flooder.dropped), (10, 90));
+    }
+
+    /// Runs `n`'s timers at its clock.
+    fn tick(n: &mut Node) {
+        n.table.update_timers(n.now, &mut n.io);
+    }
+
+    fn direct_state(n: &Node) -> Option<PathState> {
+        n.table.stats(n.now)[0].direct_path.map(|p| p.state)
+    }
+
+    #[test]
+    fn a_direct_path_going_down_is_reported_once() {
+        let mut n = mesh(vec![node(1), node(2)]);
+        for _ in 0..4 {
+            tick(&mut n[0]);
+            deliver_all(&mut n, 0);
+            deliver_all(&mut n, 1);
+        }
+        assert_eq!(direct_state(&n[0]), Some(PathState::Up));
+        assert_eq!(n[0].table.poll_direct_paths_lost(), 0, "nothing lost yet");
+        // B goes silent: A's probes go unanswered until the path is down.
+        for _ in 0..40 {
+            n[0].now += Duration::from_millis(250);
+            tick(&mut n[0]);
+            n[0].io.sent.clear();
+        }
+        assert_eq!(direct_state(&n[0]), Some(PathState::Down));
+        assert_eq!(n[0].table.poll_direct_paths_lost(), 1);
+        assert_eq!(n[0].table.poll_direct_paths_lost(), 0, "reported once");
+        n[0].now += Duration::from_secs(5);
+        tick(&mut n[0]);
+        assert_eq!(n[0].table.poll_direct_paths_lost(), 0, "still down, not lost again");
     }
 }
