@@ -1054,6 +1054,10 @@ mod tests {
         assert_eq!(n[0].table.poll_direct_paths_lost(), 0, "reported once");
         n[0].now += Duration::from_secs(5);
         tick(&mut n[0]);
-        assert_eq!(n[0].table.poll_direct_paths_lost(), 0, "still down, not lost again");
+        assert_eq!(
+            n[0].table.poll_direct_paths_lost(),
+            0,
+            "still down, not lost again"
+        );
     }
 }
