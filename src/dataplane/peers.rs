@@ -252,6 +252,7 @@ impl PeerTable {
                     peer.choose_relay(&self.bound, now);
                     if reachable_anew {
                         retry_handshake(peer, &mut self.buf, now, io);
+                        punch_anew(peer, &mut self.buf, now, io);
                     }
                 }
                 None if self.cleaned.contains_key(&key) => {}
@@ -607,6 +608,18 @@ fn retry_handshake(peer: &mut Peer, buf: &mut [u8], now: Instant, io: &mut impl 
     }
     if let TunnResult::WriteToNetwork(out) = peer.tunn.format_handshake_initiation(buf, true) {
         peer.transmit(out, now, io);
+    }
+}
+
+/// A peer with a session but no usable direct path whose candidates just changed (its NAT
+/// moved it to a new public port, say) is punched at once instead of at the next scheduled
+/// punch: our NAT opens for the new address as soon as we know it.
+fn punch_anew(peer: &mut Peer, buf: &mut [u8], now: Instant, io: &mut impl Io) {
+    if !peer.session_up() || peer.direct_usable(now) {
+        return;
+    }
+    if let TunnResult::WriteToNetwork(keepalive) = peer.tunn.encapsulate(&[], buf) {
+        peer.punch(keepalive, io);
     }
 }
 
@@ -1059,5 +1072,25 @@ mod tests {
             0,
             "still down, not lost again"
         );
+    }
+
+    #[test]
+    fn a_new_public_endpoint_of_a_peer_without_a_direct_path_is_punched_at_once() {
+        let mut n = mesh(vec![node(1), node(2)]);
+        // B goes silent on the direct path: A keeps its session but the path goes down.
+        for _ in 0..40 {
+            n[0].now += Duration::from_millis(250);
+            tick(&mut n[0]);
+        }
+        assert_eq!(direct_state(&n[0]), Some(PathState::Down));
+        n[0].io.sent.clear();
+        let moved = SocketAddr::from(([203, 0, 113, 2], 20000));
+        let mut b = config_of(&n[1], vec![n[1].addr]);
+        b.public_endpoint = Some(moved);
+        let now = n[0].now;
+        let a = &mut n[0];
+        a.table.sync(vec![b], now, &mut a.io);
+        let dsts: Vec<_> = a.io.sent.iter().map(|(_, d)| *d).collect();
+        assert!(dsts.contains(&moved), "punched the new endpoint: {dsts:?}");
     }
 }
