@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
+use super::nat_thread::NatCommand;
 use super::relay_choice::{meeting_relay, RelayBook};
 use crate::control::{ControlError, ControlPlane, JoinRequest, Reach, Roster};
 use crate::dataplane::peers::PeerConfig;
@@ -96,6 +97,8 @@ pub struct ControlLoop {
     pub dataplane: dataplane::Handle,
     /// What the NAT thread finds.
     pub nat_reports: Receiver<NatReport>,
+    /// Requests to the NAT thread.
+    pub nat: Sender<NatCommand>,
     /// Relay news from the data plane.
     pub dataplane_events: Receiver<DataplaneEvent>,
     /// Relays, measurements and our home relay.
@@ -178,6 +181,12 @@ impl ControlLoop {
                 }
                 recv(self.dataplane_events) -> event => match event {
                     Ok(DataplaneEvent::NeedTicket) => self.fetch_ticket(),
+                    // Our NAT may have moved us; a new public endpoint comes back as a NAT
+                    // report, heartbeated at once.
+                    Ok(DataplaneEvent::DirectPathLost) => {
+                        log::debug!("a direct path went down; checking our public mapping");
+                        let _ = self.nat.send(NatCommand::CheckMapping);
+                    }
                     Ok(DataplaneEvent::Relay(state)) => {
                         self.relays.handle_state(state);
                         let home = self.relays.choose_home();
@@ -198,6 +207,7 @@ impl ControlLoop {
                 }
             }
         }
+        let _ = self.nat.send(NatCommand::Shutdown);
         match self.control.leave(&self.party_id, &self.member_id) {
             Ok(()) => log::info!("left the party"),
             Err(e) => log::warn!("leave: {e}"),

@@ -195,8 +195,16 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
     };
     let _ = dp.send(Command::SyncPeers(control_loop::peer_configs(&roster, me)));
     let (nat_tx, nat_reports) = crossbeam_channel::unbounded();
-    nat_thread::spawn(stun_servers, local_endpoints, dp.clone(), stun_rx, nat_tx)
-        .map_err(system("nat thread"))?;
+    let (nat_commands_tx, nat_commands) = crossbeam_channel::unbounded();
+    nat_thread::spawn(
+        stun_servers,
+        local_endpoints,
+        dp.clone(),
+        stun_rx,
+        nat_commands,
+        nat_tx,
+    )
+    .map_err(system("nat thread"))?;
 
     let (events_tx, events) = crossbeam_channel::unbounded();
     let handler = status_view::ApiHandler {
@@ -264,6 +272,7 @@ pub fn run(opts: MemberOptions) -> Result<(), Failure> {
         endpoints: Box::new(endpoints),
         dataplane: dp.clone(),
         nat_reports,
+        nat: nat_commands_tx,
         dataplane_events: dp_events,
         relays: RelayBook::new(opts.relay),
     };

@@ -17,7 +17,7 @@ use super::peer::Source;
 use super::peers::{Io, PeerTable, BUF_LEN};
 use super::relays::{RelayNews, Relays};
 use super::udp_offload::{self, TxBatch};
-use super::{next_timer_run, Command, DataplaneEvent, DataplaneStatus, Uplinks};
+use super::{next_timer_run, Command, DataplaneEvent, DataplaneStatus, ReportLimit, Uplinks};
 use crate::control::Reach;
 use crate::wire::relay::{self as frame, MemberId};
 use crate::wire::stun;
@@ -65,6 +65,7 @@ struct State {
     frame: Vec<u8>,
     udp_fd: RawFd,
     reach: Reach,
+    direct_lost: ReportLimit,
 }
 
 impl State {
@@ -138,6 +139,17 @@ impl State {
         }
         self.batch.flush(self.udp_fd);
         Ok(())
+    }
+
+    /// Runs the peers' timers and tells the control thread when a direct path went down.
+    fn update_timers(&mut self, tun: &tun::Device, now: Instant) {
+        let (table, _, mut io) = self.io(tun);
+        table.update_timers(now, &mut io);
+        if self.table.poll_direct_paths_lost() > 0 && self.direct_lost.allow(now) {
+            if let Some(tx) = &self.uplinks.control {
+                let _ = tx.send(DataplaneEvent::DirectPathLost);
+            }
+        }
     }
 
     /// Sends what the relay clients want sent and passes their news on.
@@ -217,14 +229,14 @@ pub fn run(
         frame: vec![0u8; BUF_LEN + frame::DATA_HEADER_LEN],
         udp_fd,
         reach: Reach::default(),
+        direct_lost: ReportLimit::default(),
     };
     let mut now = Instant::now();
     let mut next_tick = now;
     let mut active = true;
     loop {
         if now >= next_tick {
-            let (table, _, mut io) = state.io(&tun);
-            table.update_timers(now, &mut io);
+            state.update_timers(&tun, now);
             next_tick = next_timer_run(now, active);
             active = false;
         }

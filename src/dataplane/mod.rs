@@ -34,6 +34,29 @@ pub const TIMER_TICK: Duration = Duration::from_millis(250);
 /// once a second instead of four times.
 pub const IDLE_TIMER_TICK: Duration = Duration::from_secs(1);
 
+/// At most one [`DataplaneEvent::DirectPathLost`] per this period: every peer's direct
+/// path goes down together when our own NAT rebinds, and one check of our mapping is enough.
+pub const DIRECT_LOST_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Passes on at most one report per [`DIRECT_LOST_REPORT_INTERVAL`].
+#[derive(Debug, Default)]
+struct ReportLimit {
+    last_at: Option<Instant>,
+}
+
+impl ReportLimit {
+    /// Whether a report may go out at `now`; if so, the next one waits the full interval.
+    fn allow(&mut self, now: Instant) -> bool {
+        let allowed = self
+            .last_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= DIRECT_LOST_REPORT_INTERVAL);
+        if allowed {
+            self.last_at = Some(now);
+        }
+        allowed
+    }
+}
+
 /// The next timer run after one at `now`, given whether packets moved since the last one.
 fn next_timer_run(now: Instant, active: bool) -> Instant {
     now + if active { TIMER_TICK } else { IDLE_TIMER_TICK }
@@ -85,6 +108,9 @@ pub enum DataplaneEvent {
     NeedTicket,
     /// A relay's binding or RTT changed.
     Relay(RelayState),
+    /// A peer's direct path stopped answering: our public mapping may have moved (a NAT
+    /// rebinding), worth a quick check. At most one per [`DIRECT_LOST_REPORT_INTERVAL`].
+    DirectPathLost,
 }
 
 /// Where the data plane sends what it does not handle itself.
@@ -153,5 +179,20 @@ mod tests {
         let now = Instant::now();
         assert_eq!(next_timer_run(now, true), now + Duration::from_millis(250));
         assert_eq!(next_timer_run(now, false), now + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn direct_path_losses_are_reported_at_most_once_per_interval() {
+        let now = Instant::now();
+        let mut limit = ReportLimit::default();
+        assert!(limit.allow(now), "the first loss is reported");
+        assert!(!limit.allow(now), "a second one at once is not");
+        assert!(!limit.allow(now + DIRECT_LOST_REPORT_INTERVAL - Duration::from_millis(1)));
+        assert!(limit.allow(now + DIRECT_LOST_REPORT_INTERVAL));
+        assert!(
+            !limit.allow(now + DIRECT_LOST_REPORT_INTERVAL + Duration::from_secs(1)),
+            "the interval starts again from the last report"
+        );
+        assert_eq!(DIRECT_LOST_REPORT_INTERVAL, Duration::from_secs(10));
     }
 }

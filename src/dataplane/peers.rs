@@ -18,7 +18,7 @@ use ipnet::Ipv4Net;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::broadcast::{self, Dedup, OwnBroadcast, PeerBroadcast, RateLimit};
-use super::health::{PathStats, PeerState, Thresholds};
+use super::health::{PathState, PathStats, PeerState, Thresholds};
 use super::peer::{session_is_up, Peer, Source};
 use crate::identity::Key;
 use crate::nat::Prediction;
@@ -168,6 +168,9 @@ pub struct PeerTable {
     pub drops: DropCounters,
     /// Our own broadcasts: replicated and dropped.
     pub broadcast: OwnBroadcast,
+    /// Direct paths that went from up to down since [`PeerTable::poll_direct_paths_lost`]
+    /// last ran: our public mapping may have moved (a NAT rebinding).
+    direct_paths_lost: u32,
 }
 
 impl PeerTable {
@@ -201,6 +204,7 @@ impl PeerTable {
             cleaned: HashMap::new(),
             drops: DropCounters::default(),
             broadcast: OwnBroadcast::default(),
+            direct_paths_lost: 0,
         }
     }
 
@@ -260,6 +264,7 @@ impl PeerTable {
                     peer.choose_relay(&self.bound, now);
                     if reachable_anew {
                         retry_handshake(peer, &mut self.buf, now, io);
+                        punch_anew(peer, &mut self.buf, io);
                     }
                 }
                 None if self.cleaned.contains_key(&key) => {}
@@ -533,7 +538,12 @@ impl PeerTable {
                     peer.punch(keepalive, io);
                 }
             }
+            let was = peer.direct_health().map(|h| h.state());
             peer.poll_health(&self.bound, &self.thresholds, now);
+            let is = peer.direct_health().map(|h| h.state());
+            if was == Some(PathState::Up) && is == Some(PathState::Down) {
+                self.direct_paths_lost += 1;
+            }
             peer.poll_probes(&mut self.buf, now, io);
             if peer.poll_revive(now) {
                 retry_handshake(peer, &mut self.buf, now, io);
@@ -549,6 +559,12 @@ impl PeerTable {
         for key in retry {
             self.revive(key, now, io);
         }
+    }
+
+    /// How many direct paths went from up to down since the last call (in
+    /// [`PeerTable::update_timers`]); resets the count.
+    pub fn poll_direct_paths_lost(&mut self) -> u32 {
+        std::mem::take(&mut self.direct_paths_lost)
     }
 
     /// Adds a cleaned-up peer back for [`REVIVE_WINDOW`] and starts a handshake with it.
@@ -648,6 +664,20 @@ fn retry_handshake(peer: &mut Peer, buf: &mut [u8], now: Instant, io: &mut impl 
     }
     if let TunnResult::WriteToNetwork(out) = peer.tunn.format_handshake_initiation(buf, true) {
         peer.transmit(out, now, io);
+    }
+}
+
+/// A peer with a session whose candidates just changed (its NAT moved it to a new public
+/// port, say) is punched at once, even while our direct path to it still looks usable: that
+/// path is likely dead, but we would notice only when its next probe goes unanswered (15 s
+/// away when no traffic flows), and the peer's packets from its new port get through our NAT
+/// only once we have sent there. A few keepalives per roster change cost nothing.
+fn punch_anew(peer: &mut Peer, buf: &mut [u8], io: &mut impl Io) {
+    if !peer.session_up() {
+        return;
+    }
+    if let TunnResult::WriteToNetwork(keepalive) = peer.tunn.encapsulate(&[], buf) {
+        peer.punch(keepalive, io);
     }
 }
 
@@ -1063,5 +1093,63 @@ mod tests {
         assert_eq!(n[1].io.tun.len(), 10);
         let from_flooder = n[1].table.stats(n[1].now)[0].broadcast;
         assert_eq!((from_flooder.received, from_flooder.dropped), (10, 90));
+    }
+
+    /// Runs `n`'s timers at its clock.
+    fn tick(n: &mut Node) {
+        n.table.update_timers(n.now, &mut n.io);
+    }
+
+    fn direct_state(n: &Node) -> Option<PathState> {
+        n.table.stats(n.now)[0].direct_path.map(|p| p.state)
+    }
+
+    #[test]
+    fn a_direct_path_going_down_is_reported_once() {
+        let mut n = mesh(vec![node(1), node(2)]);
+        for _ in 0..4 {
+            tick(&mut n[0]);
+            deliver_all(&mut n, 0);
+            deliver_all(&mut n, 1);
+        }
+        assert_eq!(direct_state(&n[0]), Some(PathState::Up));
+        assert_eq!(n[0].table.poll_direct_paths_lost(), 0, "nothing lost yet");
+        // B goes silent: A's probes go unanswered until the path is down.
+        for _ in 0..40 {
+            n[0].now += Duration::from_millis(250);
+            tick(&mut n[0]);
+            n[0].io.sent.clear();
+        }
+        assert_eq!(direct_state(&n[0]), Some(PathState::Down));
+        assert_eq!(n[0].table.poll_direct_paths_lost(), 1);
+        assert_eq!(n[0].table.poll_direct_paths_lost(), 0, "reported once");
+        n[0].now += Duration::from_secs(5);
+        tick(&mut n[0]);
+        assert_eq!(
+            n[0].table.poll_direct_paths_lost(),
+            0,
+            "still down, not lost again"
+        );
+    }
+
+    #[test]
+    fn a_new_public_endpoint_is_punched_at_once_even_while_the_direct_path_looks_up() {
+        let mut n = mesh(vec![node(1), node(2)]);
+        for _ in 0..4 {
+            tick(&mut n[0]);
+            deliver_all(&mut n, 0);
+            deliver_all(&mut n, 1);
+        }
+        // The roster says B moved before A's probes noticed.
+        assert_eq!(direct_state(&n[0]), Some(PathState::Up));
+        n[0].io.sent.clear();
+        let moved = SocketAddr::from(([203, 0, 113, 2], 20000));
+        let mut b = config_of(&n[1], vec![n[1].addr]);
+        b.public_endpoint = Some(moved);
+        let now = n[0].now;
+        let a = &mut n[0];
+        a.table.sync(vec![b], now, &mut a.io);
+        let dsts: Vec<_> = a.io.sent.iter().map(|(_, d)| *d).collect();
+        assert!(dsts.contains(&moved), "punched the new endpoint: {dsts:?}");
     }
 }
