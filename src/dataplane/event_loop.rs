@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::net::UdpSocket;
@@ -17,6 +17,9 @@ use super::peer::Source;
 use super::peers::{Io, PeerTable, BUF_LEN};
 use super::relays::{RelayNews, Relays};
 use super::udp_offload::{self, TxBatch};
+/// The soonest the loop wakes up again for a suspect path's probe.
+const URGENT_MIN: Duration = Duration::from_millis(20);
+
 use super::{next_timer_run, Command, DataplaneEvent, DataplaneStatus, ReportLimit, Uplinks};
 use crate::control::Reach;
 use crate::wire::relay::{self as frame, MemberId};
@@ -238,6 +241,10 @@ pub fn run(
         if now >= next_tick {
             state.update_timers(&tun, now);
             next_tick = next_timer_run(now, active);
+            if let Some(at) = state.table.urgent_probe_at() {
+                // Never sooner than a few ms from now: a probe that could not go out stays due.
+                next_tick = next_tick.min(at.max(now + URGENT_MIN));
+            }
             active = false;
         }
         state.pump_relays(&tun, now);

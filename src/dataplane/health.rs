@@ -206,6 +206,12 @@ impl PathHealth {
         self.next_probe_at
     }
 
+    /// When a probe is due, if the path is suspect (a probe of it is unanswered): the data
+    /// plane wakes up for it instead of waiting for an idle timer tick.
+    pub fn urgent_probe_at(&self) -> Option<Instant> {
+        (self.unanswered > 0).then_some(self.next_probe_at)
+    }
+
     /// Makes a probe due now (the path just showed signs of life or of change), but never
     /// sooner than [`PROBE_FAST`] after the last one: a path is probed at most that often,
     /// whatever arrives on it.

@@ -190,6 +190,20 @@ impl Peer {
         self.direct.is_some() && self.direct_health.usable(now)
     }
 
+    /// When a probe of a suspect path is due (only while a session is up: no probes before).
+    pub fn urgent_probe_at(&self) -> Option<Instant> {
+        if !self.session_up() {
+            return None;
+        }
+        let direct = self
+            .direct
+            .and_then(|_| self.direct_health.urgent_probe_at());
+        let relayed = self
+            .relay
+            .and_then(|_| self.relayed_health.urgent_probe_at());
+        direct.into_iter().chain(relayed).min()
+    }
+
     /// The peer's state machine.
     pub fn health(&self) -> &PeerHealth {
         &self.health

@@ -561,6 +561,13 @@ impl PeerTable {
         }
     }
 
+    /// The earliest probe due on a suspect path, if any: [`PeerTable::update_timers`] should
+    /// run then, even between idle ticks, so a path that stopped answering is found out at
+    /// the probe rate, not the tick rate.
+    pub fn urgent_probe_at(&self) -> Option<Instant> {
+        self.peers.values().filter_map(Peer::urgent_probe_at).min()
+    }
+
     /// How many direct paths went from up to down since the last call (in
     /// [`PeerTable::update_timers`]); resets the count.
     pub fn poll_direct_paths_lost(&mut self) -> u32 {
