@@ -13,8 +13,10 @@
 #               to the first ping reply to a request sent after the fault (target 3 s);
 #   fail-back   the drop removed: seconds until A's status shows the peer direct (target 30 s);
 #   flush       `conntrack -F` in A's router: seconds to the next ping reply;
-#   rebinding   A's router moved to public ports 20000-20999 (rules replaced, conntrack
-#               flushed): seconds to the next ping reply (target 5 s);
+#   rebinding   A's router maps A to a new public port, 20000 (rules replaced, conntrack
+#               flushed): seconds to the next ping reply (target 5 s), then until A shows B
+#               direct again. (One port, as a home router's NAT rebinding does: with a port
+#               range Linux picks a port per flow, which is a symmetric NAT, not a rebinding.)
 #   degraded    +300 ms on everything A's host sends: seconds until A shows B degraded, and
 #               after removing it until connected;
 #   relay death direct blocked again, pair relayed: the relay in use SIGKILLed, seconds to the
@@ -170,7 +172,7 @@ warm_up() {
 
 # --- one run ---------------------------------------------------------------------------------
 
-declare -a F_OVER F_BACK F_FLUSH F_REBIND F_DEG F_UNDEG F_RELAY
+declare -a F_OVER F_BACK F_FLUSH F_REBIND F_REDIRECT F_DEG F_UNDEG F_RELAY
 run_once() {
 	local n=$1 code t0
 	for ((k = 0; k < 100; k++)); do relays_listed && break; sleep 0.1; done
@@ -209,15 +211,15 @@ run_once() {
 	wait_for "run $n direct after flush" "$t0" is_path "$da" "connected direct" >/dev/null
 
 	natlab_nft_rules port_restricted_cone "$a_host" |
-		sed 's/oifname "wan" masquerade$/oifname "wan" meta l4proto udp masquerade to :20000-20999\n        oifname "wan" masquerade/' \
+		sed 's/oifname "wan" masquerade$/oifname "wan" meta l4proto udp masquerade to :20000\n        oifname "wan" masquerade/' \
 			>"$WORK/r$n-remap.nft"
-	grep -q 20000-20999 "$WORK/r$n-remap.nft" || die "remap rules"
+	grep -q 'to :20000$' "$WORK/r$n-remap.nft" || die "remap rules"
 	t0=$(now_s)
 	{ echo "flush ruleset"; cat "$WORK/r$n-remap.nft"; } | ip netns exec "$a_r" nft -f -
 	ip netns exec "$a_r" conntrack -F 2>/dev/null
 	F_REBIND+=("$(wait_ping_after "$plog" "$t0")")
-	wait_for "run $n direct after rebinding" "$t0" is_path "$da" "connected direct" >/dev/null
-	log "run $n: flush ${F_FLUSH[-1]} s, rebinding ${F_REBIND[-1]} s"
+	F_REDIRECT+=("$(wait_for "run $n direct after rebinding" "$t0" is_path "$da" "connected direct")")
+	log "run $n: flush ${F_FLUSH[-1]} s, rebinding ${F_REBIND[-1]} s, direct again ${F_REDIRECT[-1]} s"
 
 	t0=$(now_s)
 	faults_delay_start "$a_ns" 300 "r$n-delay" || die "run $n: delay loop did not start"
@@ -282,7 +284,7 @@ WAKEUPS=$(awk -v a="$c0" -v b="$c1" -v s="$IDLE_S" 'BEGIN { printf "%.2f", (b - 
 
 m_over=$(median "${F_OVER[@]}") m_back=$(median "${F_BACK[@]}") m_flush=$(median "${F_FLUSH[@]}")
 m_rebind=$(median "${F_REBIND[@]}") m_deg=$(median "${F_DEG[@]}") m_undeg=$(median "${F_UNDEG[@]}")
-m_relay=$(median "${F_RELAY[@]}")
+m_relay=$(median "${F_RELAY[@]}") m_redirect=$(median "${F_REDIRECT[@]}")
 row() { printf '%-34s %8s %8s   %s\n' "$1" "$(fmt 8 2 "$2")" "$3" "$4"; }
 {
 	printf '\nlanparty-lite failover, median of %s runs (host busy %s %% before)\n' "$RUNS" "$host_busy"
@@ -291,6 +293,7 @@ row() { printf '%-34s %8s %8s   %s\n' "$1" "$(fmt 8 2 "$2")" "$3" "$4"; }
 	row "fail-back (block lifted)" "$m_back" "30" "${F_BACK[*]}"
 	row "relay death (other relay)" "$m_relay" "5" "${F_RELAY[*]}"
 	row "rebinding (public port changed)" "$m_rebind" "5" "${F_REBIND[*]}"
+	row "  ... direct again" "$m_redirect" "30" "${F_REDIRECT[*]}"
 	row "conntrack -F" "$m_flush" "5" "${F_FLUSH[*]}"
 	row "degraded detection (+300 ms)" "$m_deg" "-" "${F_DEG[*]}"
 	row "back to connected (delay removed)" "$m_undeg" "-" "${F_UNDEG[*]}"
@@ -305,7 +308,8 @@ jq -n --argjson runs "$RUNS" --argjson idle_s "$IDLE_S" --argjson busy "$host_bu
 	--argjson undeg "$(json_array "${F_UNDEG[@]}")" --argjson wakeups "$WAKEUPS" \
 	--argjson m_over "$m_over" --argjson m_back "$m_back" --argjson m_relay "$m_relay" \
 	--argjson m_rebind "$m_rebind" --argjson m_flush "$m_flush" --argjson m_deg "$m_deg" \
-	--argjson m_undeg "$m_undeg" \
+	--argjson m_undeg "$m_undeg" --argjson m_redirect "$m_redirect" \
+	--argjson redirect "$(json_array "${F_REDIRECT[@]}")" \
 	'{runs: $runs, host_busy_pct_before: $busy,
 	  delay_method: "tun delay loop in the host (sch_netem unavailable on this kernel)",
 	  seconds: {
@@ -313,6 +317,7 @@ jq -n --argjson runs "$RUNS" --argjson idle_s "$IDLE_S" --argjson busy "$host_bu
 	    failback: {median: $m_back, target: 30, runs: $back},
 	    relay_death: {median: $m_relay, target: 5, runs: $relay},
 	    rebinding: {median: $m_rebind, target: 5, runs: $rebind},
+	    rebinding_direct_again: {median: $m_redirect, target: 30, runs: $redirect},
 	    conntrack_flush: {median: $m_flush, target: 5, runs: $flush},
 	    degraded_detection: {median: $m_deg, runs: $deg},
 	    degraded_recovery: {median: $m_undeg, runs: $undeg}},

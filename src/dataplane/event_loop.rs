@@ -148,7 +148,8 @@ impl State {
     fn update_timers(&mut self, tun: &tun::Device, now: Instant) {
         let (table, _, mut io) = self.io(tun);
         table.update_timers(now, &mut io);
-        if self.table.poll_direct_paths_lost() > 0 && self.direct_lost.allow(now) {
+        let lost = self.table.poll_direct_paths_lost();
+        if self.direct_lost.poll(lost, now) {
             if let Some(tx) = &self.uplinks.control {
                 let _ = tx.send(DataplaneEvent::DirectPathLost);
             }

@@ -38,22 +38,28 @@ pub const IDLE_TIMER_TICK: Duration = Duration::from_secs(1);
 /// path goes down together when our own NAT rebinds, and one check of our mapping is enough.
 pub const DIRECT_LOST_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Passes on at most one report per [`DIRECT_LOST_REPORT_INTERVAL`].
+/// Passes on at most one report per [`DIRECT_LOST_REPORT_INTERVAL`]; a loss held back by
+/// the interval is reported once the interval has passed (not dropped: the path that went
+/// down second may be the one our rebinding broke).
 #[derive(Debug, Default)]
 struct ReportLimit {
     last_at: Option<Instant>,
+    pending: bool,
 }
 
 impl ReportLimit {
-    /// Whether a report may go out at `now`; if so, the next one waits the full interval.
-    fn allow(&mut self, now: Instant) -> bool {
-        let allowed = self
+    /// Notes `losses` new losses at `now`; whether a report goes out now.
+    fn poll(&mut self, losses: u32, now: Instant) -> bool {
+        self.pending |= losses > 0;
+        let may = self
             .last_at
             .is_none_or(|at| now.saturating_duration_since(at) >= DIRECT_LOST_REPORT_INTERVAL);
-        if allowed {
-            self.last_at = Some(now);
+        if !(self.pending && may) {
+            return false;
         }
-        allowed
+        self.pending = false;
+        self.last_at = Some(now);
+        true
     }
 }
 
@@ -182,16 +188,22 @@ mod tests {
     }
 
     #[test]
-    fn direct_path_losses_are_reported_at_most_once_per_interval() {
+    fn direct_path_losses_are_reported_at_most_once_per_interval_and_never_dropped() {
         let now = Instant::now();
+        let interval = DIRECT_LOST_REPORT_INTERVAL;
         let mut limit = ReportLimit::default();
-        assert!(limit.allow(now), "the first loss is reported");
-        assert!(!limit.allow(now), "a second one at once is not");
-        assert!(!limit.allow(now + DIRECT_LOST_REPORT_INTERVAL - Duration::from_millis(1)));
-        assert!(limit.allow(now + DIRECT_LOST_REPORT_INTERVAL));
+        assert!(!limit.poll(0, now), "nothing lost, nothing reported");
+        assert!(limit.poll(1, now), "the first loss is reported");
+        assert!(!limit.poll(2, now), "more at once are not");
+        assert!(!limit.poll(0, now + interval - Duration::from_millis(1)));
         assert!(
-            !limit.allow(now + DIRECT_LOST_REPORT_INTERVAL + Duration::from_secs(1)),
-            "the interval starts again from the last report"
+            limit.poll(0, now + interval),
+            "the held-back loss, once the interval passed"
+        );
+        assert!(!limit.poll(0, now + interval * 3), "reported once only");
+        assert!(
+            limit.poll(1, now + interval * 3),
+            "a new loss after a quiet spell: at once"
         );
         assert_eq!(DIRECT_LOST_REPORT_INTERVAL, Duration::from_secs(10));
     }
