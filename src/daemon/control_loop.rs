@@ -174,6 +174,16 @@ impl ControlLoop {
                     // The NAT thread ends only with the data plane.
                     let Ok(report) = report else { continue };
                     self.join.reach.nat_type = report.nat_type;
+                    let before = self.join.reach.public_endpoint;
+                    if before.is_some() && report.public.is_some() && before != report.public {
+                        // Our NAT moved us: the relays know us at the old address.
+                        log::info!(
+                            "public endpoint moved: {} -> {}",
+                            before.map_or_else(|| "-".into(), |e| e.to_string()),
+                            report.public.map_or_else(|| "-".into(), |e| e.to_string())
+                        );
+                        let _ = self.dataplane.send(Command::RefreshRelays);
+                    }
                     self.join.reach.public_endpoint = report.public;
                     self.heartbeat();
                     heartbeat_at = Instant::now() + HEARTBEAT_INTERVAL;

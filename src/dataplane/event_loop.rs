@@ -199,6 +199,7 @@ impl State {
             Command::Transmit { dst, payload } => self.batch.push(self.udp_fd, &payload, dst),
             Command::SetRelays(relays) => self.relays.set(&relays, now),
             Command::RelayGrant(grant) => self.relays.handle_grant(grant, now),
+            Command::RefreshRelays => self.relays.refresh(now),
             Command::SetReach(reach) => self.reach = reach,
             Command::Shutdown => return false,
         }

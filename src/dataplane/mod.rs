@@ -84,6 +84,8 @@ pub enum Command {
     },
     /// Keep bindings with exactly these relays.
     SetRelays(Vec<SocketAddr>),
+    /// Our public address moved: bind again at every relay from where we are now.
+    RefreshRelays,
     /// A relay ticket, for every relay.
     RelayGrant(Grant),
     /// What we publish about ourselves (NAT, public address, home relay), for `status`.

@@ -58,6 +58,13 @@ impl Relays {
         }
     }
 
+    /// Every relay binds again at once (our public address moved).
+    pub fn refresh(&mut self, now: Instant) {
+        for client in self.clients.values_mut() {
+            client.refresh(now);
+        }
+    }
+
     /// A fresh ticket for every relay.
     pub fn handle_grant(&mut self, grant: Grant, now: Instant) {
         for client in self.clients.values_mut() {

@@ -190,6 +190,15 @@ impl RelayClient {
         self.bind_retry = BIND_RETRY_FIRST;
     }
 
+    /// Binds again at once with the ticket we have (our public address moved: the relay
+    /// knows us at the old one). The binding stays usable meanwhile.
+    pub fn refresh(&mut self, now: Instant) {
+        if self.ticket.is_some() {
+            self.bind_due_at = Some(now);
+            self.bind_retry = BIND_RETRY_FIRST;
+        }
+    }
+
     /// The next datagram for the relay, if one is due at `now`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<'_>> {
         if self.bind_due_at.is_some_and(|at| at <= now) {

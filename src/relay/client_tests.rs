@@ -99,6 +99,22 @@ fn an_unanswered_keepalive_starts_a_rebind() {
 }
 
 #[test]
+fn a_refresh_binds_again_at_once_and_the_binding_stays_usable() {
+    let mut sim = Sim::new(Config::default());
+    let mut a = Member::new(&sim, "p", 1);
+    a.bind(&mut sim);
+    assert!(
+        sent(&mut a.client, sim.at).is_empty(),
+        "nothing due while bound"
+    );
+    a.client.refresh(sim.at);
+    let frames = sent(&mut a.client, sim.at);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0][0], crate::wire::relay::BIND);
+    assert!(a.client.is_bound(), "data may still go out meanwhile");
+}
+
+#[test]
 fn a_ticket_is_asked_for_at_two_thirds_of_its_life_and_a_new_one_refreshes_the_binding() {
     let mut sim = Sim::new(Config::default());
     let mut a = Member::new(&sim, "p", 1);
