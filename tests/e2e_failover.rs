@@ -13,7 +13,7 @@
 mod natlab;
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use natlab::lab::{wait_until, Proc, BIN};
@@ -157,6 +157,26 @@ impl Party {
                 }
             },
         )
+    }
+
+    /// Site `i`'s view of site `j`'s member if it is connected, direct, at port `port`.
+    fn direct_at(&self, i: usize, j: usize, port: u16) -> Result<Value, String> {
+        let p = self.peer(i, self.vips[j])?;
+        let at = p["endpoint"]
+            .as_str()
+            .and_then(|e| e.parse::<SocketAddr>().ok())
+            .map(|e| e.port());
+        if p["state"] == "connected" && p["connection_type"] == "direct" && at == Some(port) {
+            Ok(p)
+        } else {
+            Err(p.to_string())
+        }
+    }
+
+    /// The public endpoint the member in site `i` publishes.
+    fn public_endpoint(&self, i: usize) -> Option<SocketAddr> {
+        let status = self.nat.status(self.sites[i].host).ok()?;
+        status["self"]["public_endpoint"].as_str()?.parse().ok()
     }
 
     /// `ping -D -i PING_INTERVAL` from site `i` to the member of site `j`, in the background.
@@ -556,4 +576,71 @@ fn direct_path_blackholed_right_after_traffic_starts_fails_over_fast() {
         "<= 3 s",
     );
     assert!(resumed <= 8.0, "pings resumed only after {resumed:.2} s");
+}
+
+/// A's router starts mapping A's socket to one new public port. B's router filters A's
+/// packets from it (B only ever sent to the old port), so the direct path breaks. A notices,
+/// checks its mapping with one STUN request, heartbeats the new endpoint (and binds again at
+/// its relays); B gets it in the roster, punches it, and the direct path comes back at A's
+/// new port. (One port: with a port range Linux picks a port per flow, a symmetric NAT; that
+/// case is `flushed_router_mappings_recover`.)
+#[test]
+fn peers_follow_a_nat_rebinding_back_to_the_direct_path() {
+    const NEW_PORT: u16 = 20000;
+    let p = party("forbnd", 2, |_, _| {});
+    p.wait_path(0, 1, "connected", "direct", CONVERGE);
+    let b_port = p.peer(0, p.vips[1]).unwrap()["endpoint"]
+        .as_str()
+        .and_then(|e| e.parse::<SocketAddr>().ok())
+        .map(|e| e.port())
+        .expect("A knows B's endpoint");
+    let old = p.public_endpoint(0).expect("A knows its public endpoint");
+    assert_ne!(old.port(), NEW_PORT, "the port must move");
+    wait_until(
+        "B to show A direct at its public endpoint",
+        CONVERGE,
+        || p.direct_at(1, 0, old.port()),
+    );
+    // Traffic keeps both direct paths on the fast probe schedule.
+    let _ping = p.start_ping(0, 1);
+    p.warm_up(0, 1);
+    p.warm_up(1, 0);
+
+    let remapped = nft_rules(NatKind::PortRestrictedCone, p.sites[0].host_ip).replace(
+        "oifname \"wan\" masquerade\n",
+        &format!(
+            "oifname \"wan\" meta l4proto udp masquerade to :{NEW_PORT}\n        \
+             oifname \"wan\" masquerade\n"
+        ),
+    );
+    assert!(remapped.contains(&format!(":{NEW_PORT}")), "{remapped}");
+    let t0 = unix_now();
+    p.nat.set_rules(&p.sites[0], &remapped);
+
+    let published = seconds_until("A to publish its new endpoint", t0, CONVERGE, || {
+        p.public_endpoint(0).is_some_and(|e| e.port() == NEW_PORT)
+    });
+    report("port moved -> A publishes the new endpoint", published, "-");
+    let b_follows = seconds_until("B to show A direct at its new port", t0, CONVERGE, || {
+        p.direct_at(1, 0, NEW_PORT).is_ok()
+    });
+    report(
+        "port moved -> B shows A direct at the new port",
+        b_follows,
+        "<= 5 s",
+    );
+    let a_back = seconds_until("A to show B direct again", t0, CONVERGE, || {
+        p.direct_at(0, 1, b_port).is_ok()
+    });
+    report("port moved -> A shows B direct again", a_back, "-");
+    let flows = p.nat.conntrack(&p.sites[0]);
+    assert!(
+        flows.iter().any(|f| f.reply_dst.port() == NEW_PORT),
+        "A's router maps to the new port: {flows:?}"
+    );
+    assert!(b_follows <= 10.0, "B followed only after {b_follows:.2} s");
+    assert!(a_back <= 15.0, "A direct again only after {a_back:.2} s");
+    // Still direct both ways afterwards (not a passing flap).
+    p.direct_at(1, 0, NEW_PORT).unwrap();
+    p.direct_at(0, 1, b_port).unwrap();
 }

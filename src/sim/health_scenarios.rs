@@ -173,30 +173,8 @@ fn direct_path_blackholed_fails_over_to_the_relay_and_comes_back() {
 #[test]
 fn a_dead_relay_is_replaced_by_the_other_relay() {
     // Symmetric NATs: relayed only. Both are bound at two relays and meet at the first.
-    let mut lab = Lab::new(NatType::Symmetric, NatType::Symmetric);
-    let faults = Rc::new(Faults::default());
-    install(&mut lab, &faults, 0);
-    let second: SocketAddr = "192.0.2.9:3478".parse().unwrap();
-    let host = lab.sim.add_public_host(&["192.0.2.9"]);
-    let mut backup = RelayNode::new(second, lab.desk, lab.sim.now());
-    let now = lab.sim.now();
-    lab.a.1.set_relays(&[relay(), second], now);
-    lab.b.1.set_relays(&[relay(), second], now);
-    lab.run_with(&mut backup, host, Duration::from_secs(1));
-    assert!(lab.a.1.is_bound_at(second) && lab.b.1.is_bound_at(second));
-    lab.introduce(None);
-    let now = lab.sim.now();
-    let (va, vb) = (lab.a.1.vip, lab.b.1.vip);
-    lab.a.1.ping_every(vb, PING_EVERY, now);
-    lab.b.1.ping_every(va, PING_EVERY, now);
-    lab.run_with(&mut backup, host, Duration::from_secs(20));
-    for m in [&lab.a.1, &lab.b.1] {
-        let peer = peer_of(m, lab.sim.now());
-        assert_eq!(
-            (peer.connection_type, peer.relay),
-            ("relayed", Some(relay()))
-        );
-    }
+    let (mut lab, faults, mut backup, host) = relayed_pair_with_two_relays(Thresholds::default());
+    let second: SocketAddr = SECOND_RELAY.parse().unwrap();
     let killed = lab.sim.now();
     faults.dead.borrow_mut().push(relay().ip());
     lab.run_with(&mut backup, host, Duration::from_secs(10));
