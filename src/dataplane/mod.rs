@@ -6,6 +6,7 @@ pub mod broadcast;
 mod event_loop;
 pub mod health;
 pub mod peer;
+mod peer_health;
 pub mod peers;
 pub mod relays;
 pub mod socket;
