@@ -17,15 +17,22 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnet::Ipv4Net;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::broadcast::{self, Dedup, OwnBroadcast, PeerBroadcast, RateLimit};
-use super::health::{PathState, PathStats, PeerState, Thresholds};
-use super::peer::{session_is_up, Peer, Source};
+use super::broadcast::{self, Dedup, OwnBroadcast, RateLimit};
+use super::health::{PathState, Thresholds};
+use super::peer::{Peer, Source};
 use crate::identity::Key;
 use crate::nat::Prediction;
 use crate::wire::ip::Ipv4View;
 use crate::wire::probe;
 use crate::wire::relay::MemberId;
 use crate::wire::wg::{self, Datagram};
+
+#[path = "peers_cleanup.rs"]
+mod cleanup;
+#[path = "peers_stats.rs"]
+mod stats;
+pub use cleanup::{REVIVE_CLEANED_EVERY, REVIVE_WINDOW};
+pub use stats::PeerStats;
 
 /// Keepalive interval; below Linux's 30 s timeout for unreplied UDP flows.
 pub const PERSISTENT_KEEPALIVE_S: u16 = 25;
@@ -36,11 +43,6 @@ pub const BUF_LEN: usize = 65_535 + 32;
 const HANDSHAKES_PER_SECOND: u64 = 100;
 /// The limiter counts handshakes per this period.
 const LIMITER_PERIOD: Duration = Duration::from_secs(1);
-/// A cleaned-up peer is added back this often to try a handshake (the two sides of an
-/// outage clean each other up, and neither would start one otherwise) …
-pub const REVIVE_CLEANED_EVERY: Duration = Duration::from_secs(60);
-/// … and goes again if no probe is answered within this long.
-pub const REVIVE_WINDOW: Duration = Duration::from_secs(15);
 /// IGMP: group membership reports are about the link they are sent on, not the party's.
 const IP_PROTO_IGMP: u8 = 2;
 
@@ -73,54 +75,6 @@ pub struct PeerConfig {
     pub relay: Option<SocketAddr>,
     /// Whether punching can work between our NATs.
     pub prediction: Prediction,
-}
-
-/// A snapshot of one peer for `status`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PeerStats {
-    /// The peer's configuration.
-    pub config: PeerConfig,
-    /// Endpoint learned from authenticated traffic, if any.
-    pub endpoint: Option<SocketAddr>,
-    /// `direct`, `relayed` or `connecting`.
-    pub connection_type: &'static str,
-    /// The relay we reach it through (one we are bound at), if any.
-    pub relay: Option<SocketAddr>,
-    /// Connecting, connected, degraded or failed.
-    pub state: PeerState,
-    /// How long it has been in that state.
-    pub state_for: Duration,
-    /// The direct path (to `endpoint`), once there is an endpoint.
-    pub direct_path: Option<PathStats>,
-    /// The relayed path (through `relay`), once there is a relay.
-    pub relayed_path: Option<PathStats>,
-    /// The path traffic takes: `direct_path` or `relayed_path`, if it has answered.
-    pub path_in_use: Option<PathStats>,
-    /// Times traffic moved from one path to another.
-    pub path_switches: u64,
-    /// Bytes of WireGuard datagrams sent through relays.
-    pub relayed_tx_bytes: u64,
-    /// Bytes of WireGuard datagrams received through relays.
-    pub relayed_rx_bytes: u64,
-    /// How long after it was added the direct path first worked.
-    pub time_to_direct: Option<Duration>,
-    /// Time since the last completed handshake.
-    pub since_handshake: Option<Duration>,
-    /// Bytes received through the tunnel.
-    pub rx_bytes: u64,
-    /// Bytes sent through the tunnel.
-    pub tx_bytes: u64,
-    /// Round-trip time of the last handshake, in milliseconds.
-    pub handshake_rtt_ms: Option<u32>,
-    /// Broadcast and multicast packets exchanged with this peer.
-    pub broadcast: PeerBroadcast,
-}
-
-impl PeerStats {
-    /// Whether a session is up (a handshake completed recently).
-    pub fn is_connected(&self) -> bool {
-        session_is_up(self.since_handshake)
-    }
 }
 
 /// Packets the table dropped, by reason.
@@ -550,15 +504,7 @@ impl PeerTable {
             }
         }
         self.clean_up(now);
-        let retry: Vec<Key> = self
-            .cleaned
-            .iter()
-            .filter(|(_, (_, at))| *at <= now)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in retry {
-            self.revive(key, now, io);
-        }
+        self.retry_cleaned(now, io);
     }
 
     /// The earliest probe due on a suspect path, if any: [`PeerTable::update_timers`] should
@@ -572,93 +518,6 @@ impl PeerTable {
     /// [`PeerTable::update_timers`]); resets the count.
     pub fn poll_direct_paths_lost(&mut self) -> u32 {
         std::mem::take(&mut self.direct_paths_lost)
-    }
-
-    /// Adds a cleaned-up peer back for [`REVIVE_WINDOW`] and starts a handshake with it.
-    fn revive(&mut self, key: Key, now: Instant, io: &mut impl Io) {
-        let Some((config, _)) = self.cleaned.remove(&key) else {
-            return;
-        };
-        log::debug!("peer {}: trying again", config.name);
-        self.add(config, now, io);
-        if let Some(peer) = self.by_key.get(&key).and_then(|i| self.peers.get_mut(i)) {
-            peer.revived_at = Some(now);
-        }
-    }
-
-    /// Removes peers failed for `cleanup_after`, and peers added back that did not answer
-    /// within [`REVIVE_WINDOW`].
-    fn clean_up(&mut self, now: Instant) {
-        let due: Vec<(u32, bool)> = self
-            .peers
-            .iter()
-            .filter_map(|(i, p)| {
-                let unanswered_revival = p.revived_at.is_some_and(|at| {
-                    p.health().state() == PeerState::Connecting
-                        && now.saturating_duration_since(at) >= REVIVE_WINDOW
-                });
-                let failed = p.health().due_for_cleanup(&self.thresholds, now);
-                (failed || unanswered_revival).then_some((*i, failed))
-            })
-            .collect();
-        for (index, failed) in due {
-            let Some(peer) = self.peers.remove(&index) else {
-                continue;
-            };
-            self.by_ip.remove(&peer.config.virtual_ip);
-            self.by_key.remove(&peer.config.public_key);
-            if failed {
-                log::info!(
-                    "peer {} ({}) removed: failed for {} s",
-                    peer.config.name,
-                    peer.config.virtual_ip,
-                    self.thresholds.cleanup_after.as_secs()
-                );
-            }
-            self.cleaned.insert(
-                peer.config.public_key,
-                (peer.config, now + REVIVE_CLEANED_EVERY),
-            );
-        }
-    }
-
-    /// Snapshots every peer at `now`, ordered by virtual IP. A cleaned-up peer added back to
-    /// try a handshake is not listed until it answers.
-    pub fn stats(&self, now: Instant) -> Vec<PeerStats> {
-        let mut out: Vec<PeerStats> = self
-            .peers
-            .values()
-            .filter(|p| p.revived_at.is_none() || p.health().state() != PeerState::Connecting)
-            .map(|p| {
-                let (since, tx, rx, _loss, rtt) = p.tunn.stats();
-                let connected = session_is_up(since);
-                PeerStats {
-                    config: p.config.clone(),
-                    endpoint: p.direct,
-                    connection_type: p.connection_type(connected, now),
-                    relay: p.relay,
-                    state: p.health().state(),
-                    state_for: now.saturating_duration_since(p.health().since()),
-                    direct_path: p.direct_health().map(|h| h.stats()),
-                    relayed_path: p.relayed_health().map(|h| h.stats()),
-                    path_in_use: p
-                        .path_in_use(now)
-                        .map(|h| h.stats())
-                        .filter(|s| s.replies > 0),
-                    path_switches: p.path_switches,
-                    relayed_tx_bytes: p.relayed_tx_bytes,
-                    relayed_rx_bytes: p.relayed_rx_bytes,
-                    time_to_direct: p.time_to_direct,
-                    since_handshake: since,
-                    rx_bytes: rx as u64,
-                    tx_bytes: tx as u64,
-                    handshake_rtt_ms: rtt,
-                    broadcast: p.broadcast,
-                }
-            })
-            .collect();
-        out.sort_by_key(|s| s.config.virtual_ip);
-        out
     }
 }
 
