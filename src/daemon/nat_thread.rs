@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::dataplane::{self, Command};
 use crate::nat::classify::{
-    Classifier, NatReport, Transmit, INITIAL_RTO, MAX_TRANSMISSIONS, TRANSACTION_TIMEOUT,
+    transaction_deadline, Classifier, NatReport, Transmit, MAX_TRANSMISSIONS,
 };
 use crate::wire::stun::{self, Class, Encoder, Message, TransactionId, BINDING};
 
@@ -224,13 +224,9 @@ impl MappingCheck {
 
     /// When [`MappingCheck::handle_timeout`] must run next; `None` once done.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.outcome.is_some() {
-            None
-        } else if self.sent < MAX_TRANSMISSIONS {
-            Some(self.started_at + INITIAL_RTO * ((1 << self.sent) - 1))
-        } else {
-            Some(self.started_at + TRANSACTION_TIMEOUT)
-        }
+        self.outcome
+            .is_none()
+            .then(|| transaction_deadline(self.started_at, self.sent))
     }
 
     /// Retransmits when due; gives up after the last wait.
@@ -316,6 +312,7 @@ fn classify_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nat::classify::TRANSACTION_TIMEOUT;
     use crate::nat::NatType;
     use crate::stun_server::Responder;
 

@@ -177,9 +177,7 @@ impl PathHealth {
         fresh.probes_sent = self.probes_sent;
         fresh.replies = self.replies;
         fresh.last_reply_at = self.last_reply_at;
-        fresh.next_probe_at = fresh
-            .last_sent_at
-            .map_or(now, |at| now.max(at + PROBE_FAST));
+        fresh.next_probe_at = fresh.earliest_probe(now);
         fresh
     }
 
@@ -218,8 +216,12 @@ impl PathHealth {
     /// sooner than [`PROBE_FAST`] after the last one: a path is probed at most that often,
     /// whatever arrives on it.
     pub fn hurry(&mut self, now: Instant) {
-        let earliest = self.last_sent_at.map_or(now, |at| now.max(at + PROBE_FAST));
-        self.next_probe_at = self.next_probe_at.min(earliest);
+        self.next_probe_at = self.next_probe_at.min(self.earliest_probe(now));
+    }
+
+    /// Now, or [`PROBE_FAST`] after the last probe if that is later.
+    fn earliest_probe(&self, now: Instant) -> Instant {
+        self.last_sent_at.map_or(now, |at| now.max(at + PROBE_FAST))
     }
 
     /// Makes the next probe due no later than `at` (traffic just started on the path).

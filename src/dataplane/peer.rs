@@ -19,7 +19,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use boringtun::noise::Tunn;
+use boringtun::noise::{Tunn, TunnResult};
 
 use super::broadcast::{PeerBroadcast, RateLimit};
 use super::health::{PathHealth, PathState, PeerHealth, PROBE_FAST, PROBE_STANDBY};
@@ -352,10 +352,12 @@ impl Peer {
         true
     }
 
-    /// Sends a punch (an authenticated keepalive) to every candidate.
-    pub fn punch(&self, keepalive: &[u8], io: &mut impl Io) {
-        for dst in self.candidates() {
-            io.send_to(keepalive, dst);
+    /// Sends a punch (an authenticated keepalive, built in `buf`) to every candidate.
+    pub fn punch(&mut self, buf: &mut [u8], io: &mut impl Io) {
+        if let TunnResult::WriteToNetwork(keepalive) = self.tunn.encapsulate(&[], buf) {
+            for dst in self.candidates() {
+                io.send_to(keepalive, dst);
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use boringtun::noise::TunnResult;
 
-use super::super::health::{PathHealth, PeerState, Role, Thresholds, Transition};
+use super::super::health::{PathHealth, PathState, PeerState, Role, Thresholds};
 use super::super::peers::Io;
 use super::{Peer, Route, Source, REVIVE_EVERY, TRAFFIC_RECENT};
 use crate::wire::probe::{self, Kind, Probe};
@@ -160,17 +160,20 @@ impl Peer {
 
     /// Runs the paths' and the peer's health at `now`: lost probes, paths going down (a dead
     /// relay is replaced by the next one we are bound at), the peer's state and path
-    /// switches, each logged once. Returns the peer's transition, if any.
+    /// switches, each logged once. True when the direct path went from up to down (our
+    /// public mapping may have moved).
     pub fn poll_health(
         &mut self,
         bound: &[SocketAddr],
         thresholds: &Thresholds,
         now: Instant,
-    ) -> Option<Transition> {
+    ) -> bool {
         let name = &self.config.name;
+        let direct_was_up = self.direct_health.state() == PathState::Up;
         // A path going down makes the other one's next probe due at once: it is about to
         // carry the traffic, or to tell whether the peer is gone.
-        if self.direct_health.poll(now) {
+        let direct_down = self.direct_health.poll(now);
+        if direct_down {
             log::info!(
                 "peer {name}: direct path {} stopped answering",
                 self.direct.map_or_else(|| "-".into(), |d| d.to_string())
@@ -214,15 +217,11 @@ impl Peer {
             Route::Everywhere => None,
         }
         .filter(|p| p.stats().replies > 0);
-        let transition = self.health.update(&paths, in_use, thresholds, now)?;
-        log::info!(
-            "peer {}: {} -> {}: {}",
-            self.config.name,
-            transition.from.name(),
-            transition.to.name(),
-            transition.reason
-        );
-        Some(transition)
+        if let Some(t) = self.health.update(&paths, in_use, thresholds, now) {
+            let (from, to) = (t.from.name(), t.to.name());
+            log::info!("peer {}: {from} -> {to}: {}", self.config.name, t.reason);
+        }
+        direct_was_up && direct_down
     }
 }
 

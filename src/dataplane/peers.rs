@@ -18,7 +18,7 @@ use ipnet::Ipv4Net;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::broadcast::{self, Dedup, OwnBroadcast, RateLimit};
-use super::health::{PathState, Thresholds};
+use super::health::Thresholds;
 use super::peer::{Peer, Source};
 use crate::identity::Key;
 use crate::nat::Prediction;
@@ -114,9 +114,9 @@ pub struct PeerTable {
     dedup: Dedup,
     thresholds: Thresholds,
     /// Peers removed after failing for `thresholds.cleanup_after`, by key, with when to try
-    /// them again: added back (for [`REVIVE_WINDOW`]) every [`REVIVE_CLEANED_EVERY`], when
-    /// they start a handshake; for good once they
-    /// answer, or when the roster says something new of them.
+    /// them again: added back for [`REVIVE_WINDOW`] every [`REVIVE_CLEANED_EVERY`] or when
+    /// they start a handshake (for good once they answer), and forgotten when the roster
+    /// says something new of them.
     cleaned: HashMap<Key, (PeerConfig, Instant)>,
     /// What was dropped and why.
     pub drops: DropCounters,
@@ -386,8 +386,7 @@ impl PeerTable {
                 if inner_source == peer.config.virtual_ip && probe::is_probe_protocol(packet) {
                     // Ours to answer or to measure with; never for the tun.
                     if let Some(p) = probe::parse(packet) {
-                        let mut reply = [0u8; 64 + probe::LEN];
-                        peer.handle_probe(p, source, &mut reply, now, io);
+                        peer.handle_probe(p, source, &mut self.probe_buf, now, io);
                     }
                     peer.poll_probes(&mut self.probe_buf, now, io);
                 } else if inner_source != peer.config.virtual_ip {
@@ -418,7 +417,8 @@ impl PeerTable {
             TunnResult::WriteToTunnelV6(..) => self.drops.bad_source += 1,
             // A keepalive decapsulates to `Done`: authenticated transport data all the same.
             // (Handshake responses are followed by our keepalive and need no special case.)
-            // A punch that opens the direct path is answered, so both sides move to it.
+            // A punch from a new or unproven direct source makes a direct probe due at once,
+            // which is what moves both sides to the direct path.
             TunnResult::Done => {
                 if datagram.first() == Some(&4) {
                     peer.handle_authenticated(source, datagram.len(), now);
@@ -486,16 +486,9 @@ impl PeerTable {
             }
             let session_up = peer.session_up();
             if peer.poll_punch(session_up, now) {
-                if let TunnResult::WriteToNetwork(keepalive) =
-                    peer.tunn.encapsulate(&[], &mut self.buf)
-                {
-                    peer.punch(keepalive, io);
-                }
+                peer.punch(&mut self.buf, io);
             }
-            let was = peer.direct_health().map(|h| h.state());
-            peer.poll_health(&self.bound, &self.thresholds, now);
-            let is = peer.direct_health().map(|h| h.state());
-            if was == Some(PathState::Up) && is == Some(PathState::Down) {
+            if peer.poll_health(&self.bound, &self.thresholds, now) {
                 self.direct_paths_lost += 1;
             }
             peer.poll_probes(&mut self.buf, now, io);
@@ -539,17 +532,15 @@ fn retry_handshake(peer: &mut Peer, buf: &mut [u8], now: Instant, io: &mut impl 
 /// away when no traffic flows), and the peer's packets from its new port get through our NAT
 /// only once we have sent there. A few keepalives per roster change cost nothing.
 fn punch_anew(peer: &mut Peer, buf: &mut [u8], io: &mut impl Io) {
-    if !peer.session_up() {
-        return;
-    }
-    if let TunnResult::WriteToNetwork(keepalive) = peer.tunn.encapsulate(&[], buf) {
-        peer.punch(keepalive, io);
+    if peer.session_up() {
+        peer.punch(buf, io);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::health::PathState;
 
     #[derive(Default)]
     struct Recorder {

@@ -153,11 +153,17 @@ struct Transaction {
 impl Transaction {
     /// When the next send is due, or when it gives up after the last one.
     fn deadline(&self) -> Instant {
-        if self.sent < MAX_TRANSMISSIONS {
-            self.started_at + INITIAL_RTO * ((1 << self.sent) - 1)
-        } else {
-            self.started_at + TRANSACTION_TIMEOUT
-        }
+        transaction_deadline(self.started_at, self.sent)
+    }
+}
+
+/// For a request first sent at `started_at` and sent `sent` times so far: when the next
+/// send is due (RFC 5389 §7.2.1), or, after the last, when the transaction gives up.
+pub fn transaction_deadline(started_at: Instant, sent: u32) -> Instant {
+    if sent < MAX_TRANSMISSIONS {
+        started_at + INITIAL_RTO * ((1 << sent) - 1)
+    } else {
+        started_at + TRANSACTION_TIMEOUT
     }
 }
 
